@@ -1,0 +1,424 @@
+//! tonic glue: the server link, the gateway link, the admin service, and the
+//! `/metrics` + `/readyz` HTTP endpoint. Every inbound message is validated
+//! (`wire::validate`) before it touches state; an invalid or undecodable one
+//! ends only its own stream, with a typed `InvalidArgument` status.
+
+use std::collections::BTreeSet;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::{Stream, StreamExt};
+use prost::Message;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream, WatchStream};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::model::ServerName;
+use crate::wire::pb::{self, replicant_message::Msg};
+use crate::wire::validate::{self, GatewayCommand, MAX_MESSAGE_BYTES, ServerCommand};
+
+use super::authority::Fence;
+use super::interest::Subscription;
+use super::state::WriteOutcome;
+use super::{GatewayConn, Player, ServerConn, Shared};
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[derive(Clone)]
+pub struct Svc(pub Arc<Shared>);
+
+pub async fn serve_grpc(shared: Arc<Shared>, listener: tokio::net::TcpListener) {
+    let svc = Svc(shared.clone());
+    let r = tonic::transport::Server::builder()
+        .add_service(
+            pb::server_link_server::ServerLinkServer::new(svc.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            pb::gateway_link_server::GatewayLinkServer::new(svc.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            pb::admin_server::AdminServer::new(svc).max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            shared.shutdown.notified().await
+        })
+        .await;
+    if let Err(e) = r {
+        tracing::error!(error = %e, "gRPC server ended");
+    }
+}
+
+pub async fn serve_metrics(shared: Arc<Shared>, listener: tokio::net::TcpListener) {
+    use axum::{Router, http::StatusCode, routing::get};
+    let s1 = shared.clone();
+    let s2 = shared.clone();
+    let app =
+        Router::new().route("/metrics", get(move || async move { s1.metrics.render() })).route(
+            "/readyz",
+            get(move || async move {
+                if s2.ready() {
+                    (StatusCode::OK, "ready")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "store unavailable or backlog full")
+                }
+            }),
+        );
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shared.shutdown.notified().await })
+        .await
+    {
+        tracing::error!(error = %e, "metrics server ended");
+    }
+}
+
+/// A decode failure (garbage, truncated or oversized message) becomes a typed error too.
+fn undecodable(s: &Status) -> Status {
+    Status::invalid_argument(format!("starmesh.wire: undecodable message: {}", s.message()))
+}
+
+#[tonic::async_trait]
+impl pb::server_link_server::ServerLink for Svc {
+    type SessionStream = BoxStream<pb::ReplicantMessage>;
+
+    async fn session(
+        &self,
+        req: Request<Streaming<pb::ServerMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let mut inbound = req.into_inner();
+        let shared = self.0.clone();
+        let (tx, rx) = mpsc::channel(shared.cfg.queue_capacity);
+        let (committed_tx, committed_rx) = watch::channel(0u64);
+        let kill = Arc::new(Notify::new());
+        let out = ReceiverStream::new(rx);
+        // `Committed` acks are coalesced in a watch channel: they can never fill the queue.
+        let acks = WatchStream::from_changes(committed_rx).map(|seq| {
+            Ok(pb::ReplicantMessage { msg: Some(Msg::Committed(pb::Committed { seq, tick: 0 })) })
+        });
+        let stream = futures::stream::select(out, acks);
+        tokio::spawn(async move {
+            server_session(shared, &mut inbound, tx, committed_tx, kill).await;
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+async fn server_session(
+    shared: Arc<Shared>,
+    inbound: &mut Streaming<pb::ServerMessage>,
+    tx: super::ServerTx,
+    committed: watch::Sender<u64>,
+    kill: Arc<Notify>,
+) {
+    let m = &shared.metrics;
+    let mut session: Option<(u64, ServerName)> = None;
+    let end: Option<Status> = loop {
+        let msg = tokio::select! {
+            _ = kill.notified() => break None,
+            _ = shared.shutdown.notified() => break None,
+            msg = inbound.message() => msg,
+        };
+        let msg = match msg {
+            Ok(Some(msg)) => msg,
+            Ok(None) => break None,
+            Err(s) => break Some(undecodable(&s)),
+        };
+        m.count("server", "in", msg.encoded_len());
+        let cmd = match validate::server_message(msg) {
+            Ok(c) => c,
+            Err(e) => break Some(e.into()),
+        };
+        let mut core = shared.lock();
+        match (cmd, &session) {
+            (ServerCommand::Hello(name), None) => {
+                let conn = core.next_conn();
+                core.servers.insert(
+                    conn,
+                    ServerConn {
+                        name: name.clone(),
+                        tx: tx.clone(),
+                        kill: kill.clone(),
+                        committed: committed.clone(),
+                        sub: None,
+                        slow_ticks: 0,
+                    },
+                );
+                tracing::info!(server = %name, conn, "server connected");
+                core.send_control(
+                    conn,
+                    Msg::Welcome(pb::Welcome { lease_ms: shared.cfg.lease.as_millis() as u64 }),
+                    m,
+                );
+                // A connection under the same name supersedes the old one.
+                if let Some(old) = core.world.authority.conn_of(&name).filter(|c| *c != conn)
+                    && let Some(s) = core.servers.remove(&old)
+                {
+                    let _ = s.tx.try_send(Err(Status::aborted(
+                        "starmesh: superseded by a newer connection",
+                    )));
+                    s.kill.notify_one();
+                }
+                let changes = core.world.authority.connect(name.clone(), conn, Instant::now());
+                core.apply_changes(changes, m);
+                session = Some((conn, name));
+            }
+            (ServerCommand::Hello(_), Some(_)) => {
+                break Some(validate::WireError::Unexpected("second hello").into());
+            }
+            (_, None) => {
+                break Some(validate::WireError::Unexpected("first message must be hello").into());
+            }
+            (ServerCommand::Heartbeat, Some((conn, name))) => {
+                core.world.authority.heartbeat(name, *conn, Instant::now())
+            }
+            (ServerCommand::Neighbourhood(i), Some((conn, _))) => {
+                let budget = shared.cfg.budget_bytes;
+                if let Some(s) = core.servers.get_mut(conn) {
+                    match (i, s.sub.as_mut()) {
+                        (Some(i), Some(sub)) => sub.interest = i,
+                        (Some(i), None) => s.sub = Some(Subscription::new(i, budget)),
+                        (None, _) => s.sub = None,
+                    }
+                }
+            }
+            (ServerCommand::Write(w), Some((conn, name))) => {
+                let (conn, seq, id) = (*conn, w.seq, w.id);
+                if core.wb.is_full() {
+                    m.rejected_writes.with_label_values(&["backlog_full"]).inc();
+                    tracing::error!(
+                        backlog = core.wb.buffered(),
+                        "store backlog bound reached: refusing writes"
+                    );
+                    let r = pb::WriteRejected {
+                        seq,
+                        id,
+                        reason: pb::RejectReason::BacklogFull as i32,
+                        current_epoch: 0,
+                    };
+                    core.send_control(conn, Msg::Rejected(r), m);
+                    continue;
+                }
+                match core.world.apply_write(name, &w) {
+                    WriteOutcome::Applied { .. } => {
+                        m.writes_applied.inc();
+                        let a = core.tick_acks.entry(conn).or_insert(0);
+                        *a = (*a).max(seq);
+                    }
+                    WriteOutcome::Rejected(f) => {
+                        let (reason, current, label) = match f {
+                            Fence::StaleEpoch { current } => {
+                                (pb::RejectReason::StaleEpoch, current, "stale_epoch")
+                            }
+                            Fence::NotOwner { current } => {
+                                (pb::RejectReason::NotOwner, current, "not_owner")
+                            }
+                        };
+                        if label == "stale_epoch" {
+                            m.stale_epoch_rejections.inc();
+                        }
+                        m.rejected_writes.with_label_values(&[label]).inc();
+                        let r = pb::WriteRejected {
+                            seq,
+                            id,
+                            reason: reason as i32,
+                            current_epoch: current,
+                        };
+                        core.send_control(conn, Msg::Rejected(r), m);
+                    }
+                }
+            }
+        }
+    };
+    if let Some(status) = &end {
+        m.bad_messages.inc();
+        tracing::warn!(status = %status.message(), "server stream ended by a bad message");
+    }
+    let mut core = shared.lock();
+    match session {
+        Some((conn, name)) => {
+            tracing::info!(server = %name, conn, "server stream closed; giving its territories away");
+            core.drop_server(
+                conn,
+                end.unwrap_or_else(|| Status::cancelled("starmesh: stream closed")),
+                m,
+            );
+        }
+        None => {
+            if let Some(s) = end {
+                let _ = tx.try_send(Err(s));
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::gateway_link_server::GatewayLink for Svc {
+    type SessionStream = BoxStream<pb::GatewayUpdate>;
+
+    async fn session(
+        &self,
+        req: Request<Streaming<pb::GatewayMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let mut inbound = req.into_inner();
+        let shared = self.0.clone();
+        let (tx, rx) = mpsc::channel(shared.cfg.queue_capacity);
+        let kill = Arc::new(Notify::new());
+        let conn = {
+            let mut core = shared.lock();
+            let conn = core.next_conn();
+            core.gateways.insert(
+                conn,
+                GatewayConn { tx: tx.clone(), kill: kill.clone(), players: BTreeSet::new() },
+            );
+            conn
+        };
+        tokio::spawn(async move { gateway_session(shared, &mut inbound, conn, kill).await });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+async fn gateway_session(
+    shared: Arc<Shared>,
+    inbound: &mut Streaming<pb::GatewayMessage>,
+    conn: u64,
+    kill: Arc<Notify>,
+) {
+    let m = &shared.metrics;
+    let end: Option<Status> = loop {
+        let msg = tokio::select! {
+            _ = kill.notified() => break None,
+            _ = shared.shutdown.notified() => break None,
+            msg = inbound.message() => msg,
+        };
+        let msg = match msg {
+            Ok(Some(msg)) => msg,
+            Ok(None) => break None,
+            Err(s) => break Some(undecodable(&s)),
+        };
+        m.count("gateway", "in", msg.encoded_len());
+        let cmd = match validate::gateway_message(msg) {
+            Ok(c) => c,
+            Err(e) => break Some(e.into()),
+        };
+        let mut core = shared.lock();
+        match cmd {
+            GatewayCommand::Attach { player, entity, radius, position } => {
+                let center = core.world.entity(entity).map_or(position, |e| e.position);
+                let sub = Subscription::new(
+                    crate::model::Interest { center, radius },
+                    shared.cfg.budget_bytes,
+                );
+                // Re-attaching (e.g. to another gateway) replaces the old placement.
+                if let Some(old) =
+                    core.players.insert(player, Player { conn, entity, sub, slow_ticks: 0 })
+                    && let Some(g) = core.gateways.get_mut(&old.conn)
+                {
+                    g.players.remove(&player);
+                }
+                if let Some(g) = core.gateways.get_mut(&conn) {
+                    g.players.insert(player);
+                }
+            }
+            GatewayCommand::Detach(player) => {
+                if core.players.get(&player).is_some_and(|p| p.conn == conn) {
+                    core.players.remove(&player);
+                }
+                if let Some(g) = core.gateways.get_mut(&conn) {
+                    g.players.remove(&player);
+                }
+            }
+            GatewayCommand::Input { player, seq, input } => {
+                // Routed to whoever owns the player's entity's territory now,
+                // so inputs follow the player across handoffs and takeovers.
+                let Some(p) = core.players.get(&player).filter(|p| p.conn == conn) else {
+                    continue;
+                };
+                let entity = p.entity;
+                let owner = core
+                    .world
+                    .entity(entity)
+                    .and_then(|e| core.world.authority.grant(&e.territory))
+                    .and_then(|g| g.owner.clone());
+                if let Some(server_conn) = owner.and_then(|o| core.world.authority.conn_of(&o)) {
+                    let msg = Msg::PlayerInput(pb::PlayerInput {
+                        player_id: player,
+                        seq,
+                        input,
+                        entity_id: entity,
+                    });
+                    core.send_control(server_conn, msg, m);
+                }
+            }
+        }
+    };
+    if let Some(s) = &end {
+        m.bad_messages.inc();
+        tracing::warn!(status = %s.message(), "gateway stream ended by a bad message");
+    }
+    shared.lock().drop_gateway(conn, end);
+}
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for Svc {
+    async fn assignments(
+        &self,
+        _: Request<pb::AssignmentsRequest>,
+    ) -> Result<Response<pb::AssignmentsResponse>, Status> {
+        let core = self.0.lock();
+        let a = &core.world.authority;
+        let mut resp = pb::AssignmentsResponse::default();
+        for (t, g) in a.grants() {
+            resp.assignments.push(pb::Assignment {
+                territory: t.to_string(),
+                server: g.owner.as_deref().unwrap_or_default().to_string(),
+                epoch: g.epoch,
+            });
+        }
+        for (s, draining) in a.live_servers() {
+            if draining {
+                resp.draining_servers.push(s.to_string());
+            } else {
+                resp.live_servers.push(s.to_string());
+            }
+        }
+        Ok(Response::new(resp))
+    }
+
+    async fn drain(
+        &self,
+        req: Request<pb::DrainRequest>,
+    ) -> Result<Response<pb::DrainResponse>, Status> {
+        let server = req.into_inner().server;
+        if server.is_empty() || server.len() > validate::MAX_NAME_LEN {
+            return Err(validate::WireError::Missing("drain.server").into());
+        }
+        let mut core = self.0.lock();
+        let (changes, remaining) = core.world.authority.drain(&server);
+        core.apply_changes(changes, &self.0.metrics);
+        Ok(Response::new(pb::DrainResponse { territories_remaining: remaining as u32 }))
+    }
+
+    async fn counts(
+        &self,
+        _: Request<pb::CountsRequest>,
+    ) -> Result<Response<pb::CountsResponse>, Status> {
+        let core = self.0.lock();
+        let entities = core.world.counts_per_territory();
+        let players = super::tick::player_counts(&core);
+        let mut resp = pb::CountsResponse {
+            players: core.players.len() as u64,
+            entities: core.world.len() as u64,
+            ..Default::default()
+        };
+        for t in core.world.map.names() {
+            resp.territories.push(pb::TerritoryCount {
+                players: players.get(&t).copied().unwrap_or(0),
+                entities: entities.get(&t).copied().unwrap_or(0),
+                territory: t.to_string(),
+            });
+        }
+        Ok(Response::new(resp))
+    }
+}

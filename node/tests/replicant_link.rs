@@ -1,0 +1,389 @@
+//! End-to-end over real loopback gRPC: authority, fencing, handoff,
+//! takeover, streaming, gateways, admin, and hostile input.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes};
+use common::*;
+use prost::Message;
+use starmesh_node::store::embedded::EmbeddedStore;
+use starmesh_node::territory::builtin_test_config;
+use starmesh_node::wire::pb::{
+    self, entity_update::Change, replicant_message::Msg, server_message,
+};
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+
+fn store(dir: &tempfile::TempDir) -> Arc<EmbeddedStore> {
+    Arc::new(EmbeddedStore::open(dir.path()).unwrap())
+}
+
+async fn metrics(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn writes_are_acked_after_commit_and_stale_epochs_are_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = start(&builtin_test_config(), fast_config(), store(&dir)).await;
+    let mut s1 = ServerClient::connect(r.grpc_addr, "s1").await;
+    let earth = s1.grant_for("earth").await;
+    s1.send(write(1, earth, 7, (1000.0, 0.0, 0.0))).await;
+    s1.committed(1).await;
+    s1.send(write(2, earth - 1, 7, (1001.0, 0.0, 0.0))).await;
+    let r2 = s1
+        .until(|m| match m {
+            Msg::Rejected(r) => Some(*r),
+            _ => None,
+        })
+        .await;
+    assert_eq!(
+        (r2.seq, r2.reason, r2.current_epoch),
+        (2, pb::RejectReason::StaleEpoch as i32, earth)
+    );
+    let text = metrics(r.metrics_addr).await;
+    assert_eq!(metric(&text, "starmesh_stale_epoch_rejections_total"), 1.0);
+    assert!(text.contains("starmesh_commit_latency_seconds_bucket"));
+    assert!(
+        text.contains("starmesh_entities{shard=\"0\",system=\"sol\",territory=\"earth\"} 1")
+            || metric(&text, "starmesh_writes_applied_total") == 1.0
+    );
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn handoff_at_tick_boundary_and_takeover_when_a_stream_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut mesh = builtin_test_config();
+    mesh.static_owners.insert("s-moon".into(), vec!["moon".into()]);
+    let r = start(&mesh, fast_config(), store(&dir)).await;
+    let mut earth_srv = ServerClient::connect(r.grpc_addr, "s-earth").await;
+    let earth = earth_srv.grant_for("earth").await;
+    let mut moon_srv = ServerClient::connect(r.grpc_addr, "s-moon").await;
+    let moon = moon_srv.grant_for("moon").await;
+    // The static owner took the moon back from the stand-in.
+    earth_srv.until(|m| matches!(m, Msg::Revoke(rv) if rv.territory == "moon").then_some(())).await;
+
+    earth_srv.send(write(1, earth, 7, (1000.0, 0.0, 0.0))).await;
+    earth_srv.send(write(2, earth, 7, (1200.0, 0.0, 0.0))).await;
+    let out = earth_srv
+        .until(|m| match m {
+            Msg::HandoffOut(h) => Some(h.clone()),
+            _ => None,
+        })
+        .await;
+    let inn = moon_srv
+        .until(|m| match m {
+            Msg::HandoffIn(h) => Some(h.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!((out.from_territory.as_str(), out.to_territory.as_str()), ("earth", "moon"));
+    assert_eq!(
+        inn.entity, out.entity,
+        "both sides see the same state: nothing lost or applied twice"
+    );
+    assert_eq!(inn.epoch, moon);
+    let v = inn.entity.as_ref().unwrap().version;
+    // The old owner is fenced; the new owner continues.
+    earth_srv.send(write(3, earth, 7, (1201.0, 0.0, 0.0))).await;
+    earth_srv.until(|m| matches!(m, Msg::Rejected(r) if r.seq == 3).then_some(())).await;
+    moon_srv.send(write(1, moon, 7, (1202.0, 0.0, 0.0))).await;
+    moon_srv.committed(1).await;
+
+    // The moon server dies: its territory goes to s-earth at once, with a new
+    // epoch, and s-earth receives the entity's current state.
+    drop(moon_srv);
+    let new_moon = earth_srv.grant_for("moon").await;
+    assert!(new_moon > moon);
+    let h = earth_srv
+        .until(|m| match m {
+            Msg::HandoffIn(h) if h.entity.as_ref().is_some_and(|e| e.id == 7) => Some(h.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(h.entity.unwrap().version, v + 1);
+    earth_srv.send(write(4, new_moon, 7, (1203.0, 0.0, 0.0))).await;
+    earth_srv.committed(4).await;
+    let text = metrics(r.metrics_addr).await;
+    assert!(metric(&text, "starmesh_handoffs_total") >= 1.0);
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn lease_expiry_moves_territories() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = start(&builtin_test_config(), fast_config(), store(&dir)).await;
+    let mut a = ServerClient::connect(r.grpc_addr, "a").await;
+    a.grant_for("earth").await;
+    let mut b = ServerClient::connect(r.grpc_addr, "b").await;
+    b.until(|m| matches!(m, Msg::Welcome(_)).then_some(())).await;
+    // `b` heartbeats, `a` stays silent past its 800 ms lease.
+    let hb = b.tx.clone();
+    let beat = tokio::spawn(async move {
+        loop {
+            if hb.send(msg(server_message::Msg::Heartbeat(pb::Heartbeat {}))).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    b.grant_for("earth").await;
+    let status = loop {
+        match a.rx.message().await {
+            Ok(Some(_)) => continue,
+            Err(s) => break s,
+            Ok(None) => panic!("expected an error status"),
+        }
+    };
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
+    beat.abort();
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn subscriptions_and_gateway_players() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = start(&builtin_test_config(), fast_config(), store(&dir)).await;
+    let mut s = ServerClient::connect(r.grpc_addr, "s1").await;
+    let earth = s.grant_for("earth").await;
+    s.send(msg(server_message::Msg::Neighbourhood(pb::Interest {
+        center: v(1000.0, 0.0, 0.0),
+        radius: 50.0,
+    })))
+    .await;
+    s.send(write(1, earth, 7, (1000.0, 0.0, 0.0))).await;
+    s.until(|m| match m {
+        Msg::Neighbourhood(b) => b
+            .updates
+            .iter()
+            .any(|u| matches!(&u.change, Some(Change::Enter(e)) if e.id == 7))
+            .then_some(()),
+        _ => None,
+    })
+    .await;
+    // Gateway: a player riding entity 7 gets a bubble and its inputs reach the owner.
+    let mut g =
+        pb::gateway_link_client::GatewayLinkClient::connect(format!("http://{}", r.grpc_addr))
+            .await
+            .unwrap();
+    let (gtx, grx) = tokio::sync::mpsc::channel(16);
+    let gmsg = |m| pb::GatewayMessage { msg: Some(m) };
+    gtx.send(gmsg(pb::gateway_message::Msg::Attach(pb::PlayerAttach {
+        player_id: 42,
+        entity_id: 7,
+        radius: 10.0,
+        position: v(0.0, 0.0, 0.0),
+    })))
+    .await
+    .unwrap();
+    let mut gin =
+        g.session(tokio_stream::wrappers::ReceiverStream::new(grx)).await.unwrap().into_inner();
+    let u = tokio::time::timeout(Duration::from_secs(10), gin.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(u.player_id, 42);
+    assert!(matches!(&u.batch.unwrap().updates[0].change, Some(Change::Enter(e)) if e.id == 7));
+    gtx.send(gmsg(pb::gateway_message::Msg::Input(pb::PlayerInput {
+        player_id: 42,
+        seq: 1,
+        input: Bytes::from_static(b"thrust"),
+        entity_id: 0,
+    })))
+    .await
+    .unwrap();
+    let inp = s
+        .until(|m| match m {
+            Msg::PlayerInput(i) => Some(i.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!((inp.player_id, inp.entity_id, &inp.input[..]), (42, 7, &b"thrust"[..]));
+    // Leaving the neighbourhood yields a removal.
+    s.send(write(2, earth, 7, (1100.0, 0.0, 0.0))).await;
+    s.until(|m| match m {
+        Msg::Neighbourhood(b) => {
+            b.updates.iter().any(|u| u.change == Some(Change::Leave(7))).then_some(())
+        }
+        _ => None,
+    })
+    .await;
+    // Admin: counts and drain.
+    let mut admin =
+        pb::admin_client::AdminClient::connect(format!("http://{}", r.grpc_addr)).await.unwrap();
+    let c = admin.counts(pb::CountsRequest {}).await.unwrap().into_inner();
+    assert_eq!((c.players, c.entities), (1, 1));
+    let earth_count = c.territories.iter().find(|t| t.territory == "earth").unwrap();
+    assert_eq!((earth_count.players, earth_count.entities), (1, 1));
+    let d = admin.drain(pb::DrainRequest { server: "s1".into() }).await.unwrap().into_inner();
+    assert_eq!(
+        d.territories_remaining, 4,
+        "no other server: the drained one keeps them and says so"
+    );
+    let mut s2 = ServerClient::connect(r.grpc_addr, "s2").await;
+    s2.grant_for("earth").await;
+    let d = admin.drain(pb::DrainRequest { server: "s1".into() }).await.unwrap().into_inner();
+    assert_eq!(d.territories_remaining, 0);
+    let a = admin.assignments(pb::AssignmentsRequest {}).await.unwrap().into_inner();
+    assert!(a.assignments.iter().all(|x| x.server == "s2"));
+    assert_eq!(a.draining_servers, vec!["s1".to_string()]);
+    r.shutdown().await;
+}
+
+/// Sends raw bytes as gRPC messages (to forge garbage and truncated ones).
+#[derive(Clone, Default)]
+struct RawCodec;
+struct RawEnc;
+struct RawDec;
+
+impl Encoder for RawEnc {
+    type Item = Bytes;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Self::Error> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawDec {
+    type Item = Bytes;
+    type Error = tonic::Status;
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Self::Error> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+impl Codec for RawCodec {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = RawEnc;
+    type Decoder = RawDec;
+    fn encoder(&mut self) -> RawEnc {
+        RawEnc
+    }
+    fn decoder(&mut self) -> RawDec {
+        RawDec
+    }
+}
+
+async fn hostile(addr: std::net::SocketAddr, frames: Vec<Bytes>) -> tonic::Status {
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(ch);
+    grpc.ready().await.unwrap();
+    let path =
+        tonic::codegen::http::uri::PathAndQuery::from_static("/starmesh.v1.ServerLink/Session");
+    let req = tonic::Request::new(futures::stream::iter(frames).chain(futures::stream::pending()));
+    let resp = grpc.streaming(req, path, RawCodec).await;
+    let mut rx = match resp {
+        Ok(r) => r.into_inner(),
+        Err(s) => return s,
+    };
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), rx.message())
+            .await
+            .expect("hostile stream must be ended")
+        {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("stream ended without an error status"),
+            Err(s) => return s,
+        }
+    }
+}
+
+use futures::StreamExt;
+
+#[tokio::test]
+async fn hostile_input_ends_only_its_own_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = start(&builtin_test_config(), fast_config(), store(&dir)).await;
+    let mut good = ServerClient::connect(r.grpc_addr, "good").await;
+    let earth = good.grant_for("earth").await;
+    good.send(msg(server_message::Msg::Neighbourhood(pb::Interest {
+        center: v(1000.0, 0.0, 0.0),
+        radius: 50.0,
+    })))
+    .await;
+
+    let hello =
+        msg(server_message::Msg::Hello(pb::Hello { server_name: "evil".into() })).encode_to_vec();
+    let valid_write = write(1, earth, 9, (1000.0, 0.0, 0.0)).encode_to_vec();
+    let nan = write(1, earth, 9, (f64::NAN, 0.0, 0.0)).encode_to_vec();
+    let cases: Vec<(&str, Vec<Bytes>)> = vec![
+        ("garbage", vec![Bytes::from_static(&[0xff, 0xff, 0xff, 0xff, 0x0f, 0x01, 0x02])]),
+        (
+            "truncated",
+            vec![
+                Bytes::from(hello.clone()),
+                Bytes::from(valid_write[..valid_write.len() - 3].to_vec()),
+            ],
+        ),
+        ("oversized", vec![Bytes::from(vec![0u8; 200 * 1024])]),
+        ("nan", vec![Bytes::from(hello.clone()), Bytes::from(nan)]),
+        ("no hello", vec![Bytes::from(valid_write.clone())]),
+    ];
+    for (name, frames) in cases {
+        let status = hostile(r.grpc_addr, frames).await;
+        assert!(
+            matches!(
+                status.code(),
+                tonic::Code::InvalidArgument
+                    | tonic::Code::ResourceExhausted
+                    | tonic::Code::OutOfRange
+            ),
+            "{name}: {status:?}"
+        );
+        assert!(
+            status.message().starts_with("starmesh.wire")
+                || status.code() != tonic::Code::InvalidArgument,
+            "{name}: typed error: {status:?}"
+        );
+    }
+    // A well-formed stale-epoch write from the hostile client is rejected and counted.
+    let mut evil = ServerClient::connect(r.grpc_addr, "evil").await;
+    evil.until(|m| matches!(m, Msg::Welcome(_)).then_some(())).await;
+    evil.send(write(1, earth, 9, (1000.0, 0.0, 0.0))).await;
+    let rej = evil
+        .until(|m| match m {
+            Msg::Rejected(r) => Some(r.reason),
+            _ => None,
+        })
+        .await;
+    assert_ne!(rej, pb::RejectReason::Unspecified as i32);
+
+    // The good server kept its territory and is still served.
+    good.send(write(1, earth, 7, (1001.0, 0.0, 0.0))).await;
+    good.until(|m| match m {
+        Msg::Neighbourhood(b) => b
+            .updates
+            .iter()
+            .any(|u| matches!(&u.change, Some(Change::Enter(e)) if e.id == 7))
+            .then_some(()),
+        _ => None,
+    })
+    .await;
+    good.committed(1).await;
+    let text = metrics(r.metrics_addr).await;
+    assert!(metric(&text, "starmesh_bad_messages_total") >= 4.0, "{text}");
+    r.shutdown().await;
+}

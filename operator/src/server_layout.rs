@@ -1,0 +1,420 @@
+//! ServerLayout reconciler.
+//!
+//! Valid layout: per shard, apply the Services first (their cluster IPs go into the mesh
+//! map), then the `L-mesh-map` ConfigMap, then the workloads; delete the objects of shards
+//! `>= spec.shards`; write status.
+//!
+//! Invalid layout (or missing/invalid StarSystem): conditions + a Warning Event, and
+//! **nothing is created, changed or deleted**. Shards that already run keep running on
+//! their last good configuration (status says `Degraded=True`, reason
+//! `InvalidSpecKeptRunning`): a typo in an edit must not take a live world down.
+//!
+//! Deletion: the `starmesh.dev/drain` finalizer holds the layout until the drain step has
+//! run (see [`drain`]); then garbage collection removes the children through their owner
+//! references.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use k8s_openapi::{
+    api::{
+        apps::v1::{Deployment, StatefulSet},
+        core::v1::{ConfigMap, Service},
+    },
+    apimachinery::pkg::apis::meta::v1::Time,
+    jiff::Timestamp,
+};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams},
+    runtime::{
+        controller::Action,
+        events::{Event, EventType},
+    },
+};
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::json;
+use starmesh_api::{ServerLayout, StarSystem};
+
+use crate::{
+    Ctx, Error, Result,
+    builders::{self, FIELD_MANAGER, FINALIZER, LayoutRef, ShardIps},
+    checks::{SystemLookup, check_server_layout},
+    conditions::{self, VALID},
+    status::{self, ShardObservation, StatusInput},
+};
+
+pub const RESOURCE: &str = "ServerLayout";
+
+/// How long deletion waits for servers to drain before removing the finalizer anyway:
+/// a cluster that cannot stop pods (no nodes) must still be able to delete a layout.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(60);
+
+fn apply_params() -> PatchParams {
+    // force: this operator is the only intended writer of the fields it applies; taking
+    // them back from a `kubectl edit` is the point of reconciling.
+    PatchParams::apply(FIELD_MANAGER).force()
+}
+
+async fn apply<K>(api: &Api<K>, obj: &K) -> Result<K>
+where
+    K: Resource + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+{
+    let name = obj.meta().name.clone().ok_or(Error::MissingObjectKey("metadata.name"))?;
+    // Typed objects from k8s-openapi serialize apiVersion and kind, as SSA requires.
+    Ok(api.patch(&name, &apply_params(), &Patch::Apply(obj)).await?)
+}
+
+fn event(type_: EventType, reason: &str, action: &str, note: String) -> Event {
+    Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None }
+}
+
+struct Apis {
+    layouts: Api<ServerLayout>,
+    systems: Api<StarSystem>,
+    statefulsets: Api<StatefulSet>,
+    deployments: Api<Deployment>,
+    services: Api<Service>,
+    configmaps: Api<ConfigMap>,
+}
+
+impl Apis {
+    fn new(ctx: &Ctx, ns: &str) -> Self {
+        let c = ctx.client.clone();
+        Apis {
+            layouts: Api::namespaced(c.clone(), ns),
+            systems: Api::namespaced(c.clone(), ns),
+            statefulsets: Api::namespaced(c.clone(), ns),
+            deployments: Api::namespaced(c.clone(), ns),
+            services: Api::namespaced(c.clone(), ns),
+            configmaps: Api::namespaced(c, ns),
+        }
+    }
+
+    async fn observe(&self, layout: &str) -> Result<(Vec<StatefulSet>, Vec<Deployment>)> {
+        let lp = ListParams::default().labels(&builders::children_selector(layout));
+        let sts = self.statefulsets.list(&lp).await?.items;
+        let deps = self.deployments.list(&lp).await?.items;
+        Ok((sts, deps))
+    }
+}
+
+pub async fn reconcile(layout: Arc<ServerLayout>, ctx: Ctx) -> Result<Action> {
+    let _timer = ctx.metrics.reconcile(RESOURCE);
+    let ns = layout.namespace().ok_or(Error::MissingObjectKey("metadata.namespace"))?;
+    let apis = Apis::new(&ctx, &ns);
+
+    if layout.metadata.deletion_timestamp.is_some() {
+        return drain(&layout, &apis, &ctx).await;
+    }
+    if !layout.finalizers().iter().any(|f| f == FINALIZER) {
+        add_finalizer(&layout, &apis.layouts).await?;
+        // The patch wakes the controller again with the updated object.
+        return Ok(Action::await_change());
+    }
+    apply_layout(&layout, &apis, &ctx).await
+}
+
+async fn apply_layout(layout: &ServerLayout, apis: &Apis, ctx: &Ctx) -> Result<Action> {
+    let name = layout.name_any();
+    let lref =
+        LayoutRef::new(layout, &ctx.node_image).ok_or(Error::MissingObjectKey("metadata.uid"))?;
+    let system = apis.systems.get_opt(&layout.spec.system_ref).await?;
+    let lookup = match &system {
+        Some(s) => SystemLookup::Found(&s.spec),
+        None => SystemLookup::Missing,
+    };
+    let verdict = check_server_layout(&name, &layout.spec, lookup);
+    let previous = layout.status.clone().unwrap_or_default();
+    let (sts_before, deps_before) = apis.observe(&name).await?;
+    let before = status::observe(&sts_before, &deps_before);
+
+    let mut apply_error = None;
+    let mut shards = before.clone();
+    if let (Ok(()), Some(system)) = (&verdict, &system) {
+        match apply_children(&lref, system, apis).await {
+            Ok(after) => shards = after,
+            Err(e) => {
+                tracing::warn!(layout = %name, error = %e, "applying children failed");
+                apply_error = Some(e);
+            }
+        }
+    }
+
+    let now = Time(Timestamp::now());
+    let apply_message = apply_error.as_ref().map(ToString::to_string);
+    let next = status::layout_status(&StatusInput {
+        spec: &layout.spec,
+        name: &name,
+        generation: layout.metadata.generation,
+        previous: &previous.conditions,
+        verdict: &verdict,
+        shards: &shards,
+        apply_error: apply_message.as_deref(),
+        now: &now,
+    });
+    if next != previous {
+        let patch = json!({
+            "apiVersion": "starmesh.dev/v1alpha1",
+            "kind": "ServerLayout",
+            "status": next,
+        });
+        apis.layouts.patch_status(&name, &apply_params(), &Patch::Apply(&patch)).await?;
+    }
+
+    let reference = layout.object_ref(&());
+    for ev in shard_events(&before, &shards, verdict.is_ok() && apply_error.is_none()) {
+        ctx.recorder.publish(&ev, &reference).await?;
+    }
+    // Validity Events only when the verdict changes, not on every resync.
+    if conditions::changed(&previous.conditions, &next.conditions, VALID)
+        && let Some(c) = conditions::find(&next.conditions, VALID)
+    {
+        let ev = if c.status == "True" {
+            event(EventType::Normal, "Valid", "Validate", c.message.clone())
+        } else {
+            event(EventType::Warning, &c.reason, "Validate", c.message.clone())
+        };
+        ctx.recorder.publish(&ev, &reference).await?;
+    }
+    if let Some(e) = apply_error {
+        let ev = event(EventType::Warning, "ApplyFailed", "Apply", e.to_string());
+        ctx.recorder.publish(&ev, &reference).await?;
+        return Err(e);
+    }
+
+    tracing::info!(
+        layout = %name,
+        valid = verdict.is_ok(),
+        shards = next.shards,
+        ready = next.ready_shards,
+        "reconciled ServerLayout"
+    );
+    Ok(match verdict {
+        // A missing system is watched (a new StarSystem wakes its layouts), but a slow
+        // requeue heals a missed event cheaply.
+        Err(_) => Action::requeue(Duration::from_secs(60)),
+        Ok(()) if next.ready_shards < next.shards => Action::requeue(Duration::from_secs(30)),
+        Ok(()) => Action::requeue(Duration::from_secs(300)),
+    })
+}
+
+/// Applies every child of a valid layout and deletes the shards beyond `spec.shards`.
+/// Returns the shards' state as the API server answered the applies.
+async fn apply_children(
+    l: &LayoutRef<'_>,
+    system: &StarSystem,
+    apis: &Apis,
+) -> Result<BTreeMap<i32, ShardObservation>> {
+    let shards = l.spec.shards.max(0);
+    // Services first: the mesh map needs their cluster IPs, and pods created afterwards
+    // mount a map that already has every address.
+    let mut ips = Vec::new();
+    for i in 0..shards {
+        let rep = apply(&apis.services, &builders::replicant_service(l, i)).await?;
+        apply(&apis.services, &builders::servers_service(l, i)).await?;
+        let gw = apply(&apis.services, &builders::gateway_service(l, i)).await?;
+        let ip =
+            |s: &Service| s.spec.as_ref().and_then(|s| s.cluster_ip.clone()).unwrap_or_default();
+        ips.push(ShardIps { index: i, replicant: ip(&rep), gateway: ip(&gw) });
+    }
+    let map = builders::mesh_map(l, &ips);
+    let cm = builders::mesh_map_configmap(l, system, &map).map_err(Error::Serialization)?;
+    apply(&apis.configmaps, &cm).await?;
+
+    let servers = builders::servers_per_shard(l.spec);
+    let mut sts = Vec::new();
+    let mut deps = Vec::new();
+    for i in 0..shards {
+        sts.push(apply(&apis.statefulsets, &builders::replicant_statefulset(l, i)).await?);
+        sts.push(apply(&apis.statefulsets, &builders::servers_statefulset(l, i, servers)).await?);
+        deps.push(apply(&apis.deployments, &builders::gateway_deployment(l, i)).await?);
+    }
+    delete_shards_from(l, shards, apis).await?;
+    Ok(status::observe(&sts, &deps))
+}
+
+/// Deletes every child (StatefulSets, Deployments, Services) of shards `>= from`.
+/// Background propagation: the garbage collector removes their pods.
+async fn delete_shards_from(l: &LayoutRef<'_>, from: i32, apis: &Apis) -> Result<()> {
+    let lp = ListParams::default().labels(&builders::children_selector(&l.name));
+    let dp = DeleteParams::background();
+    let stale = |shard: Option<i32>| shard.is_some_and(|s| s >= from);
+    for o in apis.statefulsets.list(&lp).await?.items {
+        if stale(status::shard_of(&o)) {
+            ignore_gone(apis.statefulsets.delete(&o.name_any(), &dp).await.map(|_| ()))?;
+        }
+    }
+    for o in apis.deployments.list(&lp).await?.items {
+        if stale(status::shard_of(&o)) {
+            ignore_gone(apis.deployments.delete(&o.name_any(), &dp).await.map(|_| ()))?;
+        }
+    }
+    for o in apis.services.list(&lp).await?.items {
+        if stale(status::shard_of(&o)) {
+            ignore_gone(apis.services.delete(&o.name_any(), &dp).await.map(|_| ()))?;
+        }
+    }
+    Ok(())
+}
+
+fn ignore_gone(r: Result<(), kube::Error>) -> Result<()> {
+    match r {
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        other => Ok(other?),
+    }
+}
+
+/// Events for shards that appeared, disappeared or changed server count. Pure.
+pub fn shard_events(
+    before: &BTreeMap<i32, ShardObservation>,
+    after: &BTreeMap<i32, ShardObservation>,
+    applied: bool,
+) -> Vec<Event> {
+    if !applied {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for (i, a) in after {
+        match before.get(i) {
+            None => out.push(event(
+                EventType::Normal,
+                "ShardCreated",
+                "CreateShard",
+                format!(
+                    "shard {i}: replicant, {} server(s) and gateway created",
+                    a.servers_desired
+                ),
+            )),
+            Some(b) if b.servers_desired != a.servers_desired => out.push(event(
+                EventType::Normal,
+                "ServersScaled",
+                "ScaleServers",
+                format!("shard {i}: game servers {} -> {}", b.servers_desired, a.servers_desired),
+            )),
+            Some(_) => {}
+        }
+    }
+    for i in before.keys().filter(|i| !after.contains_key(i)) {
+        out.push(event(
+            EventType::Normal,
+            "ShardDeleted",
+            "DeleteShard",
+            format!("shard {i}: beyond spec.shards, its objects were deleted"),
+        ));
+    }
+    out
+}
+
+/// Sets the finalizer list with a merge patch carrying the resourceVersion it was computed
+/// from: a concurrent writer makes it fail with 409 (and the controller retries) instead
+/// of one of the two changes being lost.
+async fn set_finalizers(
+    layout: &ServerLayout,
+    api: &Api<ServerLayout>,
+    finalizers: Vec<String>,
+) -> Result<()> {
+    let patch = json!({
+        "metadata": {"finalizers": finalizers, "resourceVersion": layout.resource_version()}
+    });
+    match api.patch(&layout.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+        Ok(_) => Ok(()),
+        // Already gone: nothing left to hold.
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn add_finalizer(layout: &ServerLayout, api: &Api<ServerLayout>) -> Result<()> {
+    let mut f = layout.finalizers().to_vec();
+    f.push(FINALIZER.to_string());
+    set_finalizers(layout, api, f).await
+}
+
+async fn remove_finalizer(layout: &ServerLayout, api: &Api<ServerLayout>) -> Result<()> {
+    let f = layout.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
+    set_finalizers(layout, api, f).await
+}
+
+/// The drain step of a deleted layout: scale every shard's game servers to zero so they
+/// stop cleanly (SIGTERM, grace period) before garbage collection removes the rest, then
+/// release the finalizer. Waits at most [`DRAIN_DEADLINE`] after the deletion request.
+///
+/// Issue 8 adds the real drain: first asking each replicant (admin API) to move the
+/// servers' territories away and persist, and waiting for it to confirm.
+async fn drain(layout: &ServerLayout, apis: &Apis, ctx: &Ctx) -> Result<Action> {
+    if !layout.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(Action::await_change());
+    }
+    let name = layout.name_any();
+    let (sts, _) = apis.observe(&name).await?;
+    let servers: Vec<&StatefulSet> = sts
+        .iter()
+        .filter(|s| s.labels().get(builders::LABEL_COMPONENT).map(String::as_str) == Some("server"))
+        .collect();
+    let mut remaining = 0;
+    for s in &servers {
+        let desired = s.spec.replicas.unwrap_or(0);
+        if desired != 0 {
+            // Through the scale subresource: touches only spec.replicas.
+            let patch = json!({"spec": {"replicas": 0}});
+            apis.statefulsets
+                .patch_scale(&s.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+                .await?;
+        }
+        remaining += s.status.as_ref().map(|st| st.replicas).unwrap_or(0);
+    }
+    let deleted_at =
+        layout.metadata.deletion_timestamp.as_ref().map(|t| t.0).unwrap_or_else(Timestamp::now);
+    let waited = Timestamp::now().duration_since(deleted_at);
+    let overdue = waited.as_secs() >= i64::try_from(DRAIN_DEADLINE.as_secs()).unwrap_or(i64::MAX);
+    let reference = layout.object_ref(&());
+    if remaining > 0 && !overdue {
+        tracing::info!(layout = %name, remaining, "draining: waiting for game servers to stop");
+        return Ok(Action::requeue(Duration::from_secs(2)));
+    }
+    let note = if remaining > 0 {
+        format!(
+            "{remaining} game server pod(s) still stopping after {}s; deleting anyway",
+            DRAIN_DEADLINE.as_secs()
+        )
+    } else {
+        format!(
+            "{} shard(s) drained: game servers stopped; garbage collection removes the rest",
+            servers.len()
+        )
+    };
+    let kind = if remaining > 0 { EventType::Warning } else { EventType::Normal };
+    // Best effort: the layout is going away, a lost Event must not block deletion.
+    if let Err(e) = ctx.recorder.publish(&event(kind, "Drained", "Drain", note), &reference).await {
+        tracing::warn!(layout = %name, error = %e, "could not publish the Drained event");
+    }
+    remove_finalizer(layout, &apis.layouts).await?;
+    tracing::info!(layout = %name, "drained; finalizer removed");
+    Ok(Action::await_change())
+}
+
+pub fn error_policy(_layout: Arc<ServerLayout>, error: &Error, ctx: Ctx) -> Action {
+    tracing::warn!(%error, "ServerLayout reconcile failed");
+    ctx.metrics.reconcile_failure(RESOURCE, &error.metric_label());
+    Action::requeue(Duration::from_secs(5))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obs(i: i32, servers: i32) -> (i32, ShardObservation) {
+        (i, ShardObservation { index: i, servers_desired: servers, ..Default::default() })
+    }
+
+    #[test]
+    fn events_for_created_scaled_deleted_shards() {
+        let before = BTreeMap::from([obs(0, 3), obs(1, 3), obs(2, 3)]);
+        let after = BTreeMap::from([obs(0, 3), obs(1, 4), obs(3, 4)]);
+        let reasons: Vec<String> =
+            shard_events(&before, &after, true).into_iter().map(|e| e.reason).collect();
+        assert_eq!(reasons, ["ServersScaled", "ShardCreated", "ShardDeleted"]);
+        assert!(shard_events(&before, &before, true).is_empty());
+        assert!(shard_events(&BTreeMap::new(), &after, false).is_empty());
+    }
+}
