@@ -84,8 +84,14 @@ async fn store_commits(store: &dyn Store) -> f64 {
 
 async fn replicant_bench(dir: &std::path::Path) {
     let store = Arc::new(EmbeddedStore::open(&dir.join("replicant")).unwrap());
-    let cfg =
-        Config { tick_hz: 30, budget_bytes: 1 << 20, queue_capacity: 1024, ..Config::default() };
+    // A long lease: the bench writer sends no heartbeats.
+    let cfg = Config {
+        tick_hz: 30,
+        budget_bytes: 1 << 20,
+        queue_capacity: 1024,
+        lease: Duration::from_secs(600),
+        ..Config::default()
+    };
     let r = replicant::start(
         &builtin_test_config(),
         cfg,
@@ -141,9 +147,17 @@ async fn replicant_bench(dir: &std::path::Path) {
     let committed = Arc::new(AtomicU64::new(0));
     let c2 = committed.clone();
     tokio::spawn(async move {
-        while let Ok(Some(m)) = inb.message().await {
-            if let Some(Msg::Committed(c)) = m.msg {
-                c2.store(c.seq, Ordering::Relaxed);
+        loop {
+            match inb.message().await {
+                Ok(Some(m)) => {
+                    if let Some(Msg::Committed(c)) = m.msg {
+                        c2.store(c.seq, Ordering::Relaxed);
+                    }
+                }
+                other => {
+                    eprintln!("server stream ended: {other:?}");
+                    return;
+                }
             }
         }
     });
