@@ -12,3 +12,22 @@ if ! diff -u -r crds "$tmp/crds"; then
     exit 1
 fi
 echo "check-generated: crds/ is up to date."
+
+# The Helm chart: lint-clean, its crds/ the generated ones, and
+# manifests/install.yaml the chart rendered with default values.
+helm="$(e2e/cluster/install-helm.sh | tail -n1)"
+if [ "$(readlink charts/starmesh/crds)" != "../../crds" ]; then
+    echo "check-generated: charts/starmesh/crds must be the symlink ../../crds (the chart ships the generated CRDs as they are)." >&2
+    exit 1
+fi
+# Both RBAC shapes: cluster-wide (default) and one watched namespace (Roles).
+"$helm" lint --strict charts/starmesh 2> >(grep -v 'found symbolic link' >&2)
+"$helm" lint --strict charts/starmesh --set watchNamespace=games 2> >(grep -v 'found symbolic link' >&2)
+HELM="$helm" charts/render-install.sh "$tmp/install.yaml"
+if ! diff -u manifests/install.yaml "$tmp/install.yaml"; then
+    echo >&2
+    echo "check-generated: manifests/install.yaml is out of date with charts/starmesh (or crds/)." >&2
+    echo "Run: charts/render-install.sh   and commit the result." >&2
+    exit 1
+fi
+echo "check-generated: charts/starmesh lints clean; manifests/install.yaml is up to date."

@@ -202,7 +202,7 @@ impl Operator {
     fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
+        lines[lines.len().saturating_sub(12)..].join("\n")
     }
 
     fn kill9(&mut self) {
@@ -337,6 +337,43 @@ async fn cluster_ip(api: &Api<Service>, name: &str) -> String {
 }
 
 // ---- tests ---------------------------------------------------------------------------
+
+/// The generated CRDs apply server-side on 1.20 and serve what the other tests rely on.
+#[tokio::test]
+async fn crds_apply_on_kubernetes_1_20() {
+    install_crds();
+    let out = kubectl(&[
+        "get",
+        "crd",
+        "serverlayouts.starmesh.dev",
+        "starsystems.starmesh.dev",
+        "-o",
+        "json",
+    ]);
+    let list: serde_json::Value = serde_json::from_str(&out).expect("crd json");
+    let items = list["items"].as_array().expect("items");
+    assert_eq!(items.len(), 2);
+    for crd in items {
+        let name = crd["metadata"]["name"].as_str().unwrap_or_default();
+        let v = &crd["spec"]["versions"][0];
+        assert_eq!(v["name"], "v1alpha1", "{name}");
+        assert_eq!(v["served"], true, "{name}");
+        assert!(v["subresources"]["status"].is_object(), "{name}: status subresource");
+        assert!(
+            v["additionalPrinterColumns"].as_array().is_some_and(|c| c.len() >= 4),
+            "{name}: columns"
+        );
+        let established = crd["status"]["conditions"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["type"] == "Established" && c["status"] == "True"));
+        assert!(established, "{name} not Established");
+        if name == "serverlayouts.starmesh.dev" {
+            let scale = &v["subresources"]["scale"];
+            assert_eq!(scale["specReplicasPath"], ".spec.shards");
+            assert_eq!(scale["labelSelectorPath"], ".status.selector");
+        }
+    }
+}
 
 /// The examples reconcile into owned, labelled children, a mesh map with the Services'
 /// cluster IPs, status, printer columns, Events and metrics.

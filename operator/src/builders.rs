@@ -290,6 +290,9 @@ fn container(l: &LayoutRef<'_>, role: Role, shard: i32) -> Container {
         env("STARMESH_SYSTEM", spec.system_ref.clone()),
         env("STARMESH_SHARD", shard.to_string()),
         env("STARMESH_MESH_MAP", format!("{MESH_MAP_DIR}/{MESH_MAP_KEY}")),
+        // The same YAML `kubectl apply` took, for the node's resource loader.
+        env("STARMESH_SYSTEM_FILE", format!("{MESH_MAP_DIR}/{STAR_SYSTEM_KEY}")),
+        env("STARMESH_LAYOUT_FILE", format!("{MESH_MAP_DIR}/{SERVER_LAYOUT_KEY}")),
         env("STARMESH_METRICS_LISTEN", format!("0.0.0.0:{METRICS_PORT}")),
         field_env("POD_NAME", "metadata.name"),
         field_env("POD_NAMESPACE", "metadata.namespace"),
@@ -955,6 +958,13 @@ pub(crate) mod tests {
             serde_saphyr::from_str(&data[SERVER_LAYOUT_KEY]).expect("layout yaml");
         assert_eq!(lay["spec"]["systemRef"], "stanton");
         assert_eq!(cm.metadata.name.as_deref(), Some("stanton-mesh-map"));
+        // The node loads these files with the API crate's loader: they must round-trip.
+        let sys = starmesh_api::yaml::load_star_system(&data[STAR_SYSTEM_KEY])
+            .expect("node can load the system");
+        assert_eq!(sys.spec, system_spec());
+        let lay = starmesh_api::yaml::load_server_layout(&data[SERVER_LAYOUT_KEY])
+            .expect("node can load the layout");
+        assert_eq!(lay.spec, layout_spec());
     }
 
     #[test]

@@ -60,8 +60,14 @@ pub fn merge(
                 type_: d.type_.to_string(),
                 status: status.to_string(),
                 reason: d.reason.clone(),
-                // The API server requires a message no longer than 32768 bytes.
-                message: truncate(&d.message, 32_000),
+                // k8s-openapi writes an empty required string as `null`, which the
+                // CRD schema refuses; fall back to the reason. The API server also
+                // caps messages at 32768 bytes.
+                message: if d.message.is_empty() {
+                    d.reason.clone()
+                } else {
+                    truncate(&d.message, 32_000)
+                },
                 observed_generation: generation,
                 last_transition_time,
             }
@@ -150,6 +156,12 @@ mod tests {
         assert!(!changed(&a, &a, VALID));
         assert!(changed(&[], &a, VALID));
         assert!(!is_true(&a, VALID));
+    }
+
+    #[test]
+    fn empty_messages_fall_back_to_the_reason() {
+        let out = merge(&[], &[Desired::new(READY, true, "AllGood", "")], None, &t(1));
+        assert_eq!(out[0].message, "AllGood");
     }
 
     #[test]

@@ -185,8 +185,11 @@ async fn main() -> anyhow::Result<()> {
     let metrics = Metrics::new().context("registering metrics")?;
     let ready = Arc::new(AtomicBool::new(false));
     let (http_stop_tx, http_stop_rx) = oneshot::channel::<()>();
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding --listen {}", args.listen))?;
     let http = tokio::spawn(metrics::serve(
-        args.listen,
+        listener,
         metrics::HttpState { metrics: metrics.clone(), ready: ready.clone() },
         async move {
             let _ = http_stop_rx.await;

@@ -1,7 +1,6 @@
 //! The operator's own Prometheus metrics and the `/metrics` `/healthz` `/readyz` server.
 
 use std::{
-    net::SocketAddr,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -123,14 +122,16 @@ pub fn router(state: HttpState) -> Router {
         .with_state(state)
 }
 
-/// Serves until `shutdown` resolves.
+/// Serves on an already bound listener (so a taken port fails at startup, not later)
+/// until `shutdown` resolves.
 pub async fn serve(
-    addr: SocketAddr,
+    listener: tokio::net::TcpListener,
     state: HttpState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "serving /metrics /healthz /readyz");
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "serving /metrics /healthz /readyz");
+    }
     axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
 }
 

@@ -305,16 +305,28 @@ pub fn shard_events(
     out
 }
 
-/// Sets the finalizer list with a merge patch carrying the resourceVersion it was computed
-/// from: a concurrent writer makes it fail with 409 (and the controller retries) instead
-/// of one of the two changes being lost.
-async fn set_finalizers(
-    layout: &ServerLayout,
-    api: &Api<ServerLayout>,
-    finalizers: Vec<String>,
-) -> Result<()> {
+/// Adds this operator's finalizer by server-side apply of `metadata.finalizers` alone:
+/// the list is a set, so only our entry is owned by our field manager and nobody else's
+/// finalizers or fields are touched.
+async fn add_finalizer(layout: &ServerLayout, api: &Api<ServerLayout>) -> Result<()> {
     let patch = json!({
-        "metadata": {"finalizers": finalizers, "resourceVersion": layout.resource_version()}
+        "apiVersion": "starmesh.dev/v1alpha1",
+        "kind": "ServerLayout",
+        "metadata": {"name": layout.name_any(), "finalizers": [FINALIZER]},
+    });
+    api.patch(&layout.name_any(), &apply_params(), &Patch::Apply(&patch)).await?;
+    Ok(())
+}
+
+/// Removes our finalizer with a merge patch of the remaining list, guarded by the
+/// resourceVersion it was computed from (a concurrent change fails with 409 and is
+/// retried). Not server-side apply: on Kubernetes 1.20 an update through the scale
+/// subresource (`kubectl scale`) makes its manager co-own the whole object, so applying
+/// an empty list would leave the entry in place.
+async fn remove_finalizer(layout: &ServerLayout, api: &Api<ServerLayout>) -> Result<()> {
+    let remaining: Vec<&String> = layout.finalizers().iter().filter(|f| *f != FINALIZER).collect();
+    let patch = json!({
+        "metadata": {"finalizers": remaining, "resourceVersion": layout.resource_version()}
     });
     match api.patch(&layout.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
         Ok(_) => Ok(()),
@@ -322,17 +334,6 @@ async fn set_finalizers(
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
         Err(e) => Err(e.into()),
     }
-}
-
-async fn add_finalizer(layout: &ServerLayout, api: &Api<ServerLayout>) -> Result<()> {
-    let mut f = layout.finalizers().to_vec();
-    f.push(FINALIZER.to_string());
-    set_finalizers(layout, api, f).await
-}
-
-async fn remove_finalizer(layout: &ServerLayout, api: &Api<ServerLayout>) -> Result<()> {
-    let f = layout.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
-    set_finalizers(layout, api, f).await
 }
 
 /// The drain step of a deleted layout: scale every shard's game servers to zero so they
@@ -351,15 +352,15 @@ async fn drain(layout: &ServerLayout, apis: &Apis, ctx: &Ctx) -> Result<Action> 
         .iter()
         .filter(|s| s.labels().get(builders::LABEL_COMPONENT).map(String::as_str) == Some("server"))
         .collect();
+    let lref =
+        LayoutRef::new(layout, &ctx.node_image).ok_or(Error::MissingObjectKey("metadata.uid"))?;
     let mut remaining = 0;
     for s in &servers {
-        let desired = s.spec.replicas.unwrap_or(0);
-        if desired != 0 {
-            // Through the scale subresource: touches only spec.replicas.
-            let patch = json!({"spec": {"replicas": 0}});
-            apis.statefulsets
-                .patch_scale(&s.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
-                .await?;
+        if s.spec.replicas.unwrap_or(0) != 0
+            && let Some(shard) = status::shard_of(*s)
+        {
+            // The same apply as always, with zero replicas: one field manager owns it all.
+            apply(&apis.statefulsets, &builders::servers_statefulset(&lref, shard, 0)).await?;
         }
         remaining += s.status.as_ref().map(|st| st.replicas).unwrap_or(0);
     }

@@ -195,12 +195,18 @@ fn desired_conditions(input: &StatusInput<'_>, existing: i32, ready_shards: i32)
                     Desired::new(DEGRADED, true, "ApplyFailed", err),
                 ];
             }
-            let healthy = Desired::new(DEGRADED, false, "AsExpected", "");
+            let healthy =
+                Desired::new(DEGRADED, false, "AsExpected", "every applied object was accepted");
             if existing == 0 {
                 return vec![
                     valid,
                     Desired::new(READY, true, "ScaledToZero", "spec.shards is 0: nothing to run"),
-                    Desired::new(PROGRESSING, false, "ScaledToZero", ""),
+                    Desired::new(
+                        PROGRESSING,
+                        false,
+                        "ScaledToZero",
+                        "spec.shards is 0: nothing to roll out",
+                    ),
                     healthy,
                 ];
             }
@@ -213,7 +219,12 @@ fn desired_conditions(input: &StatusInput<'_>, existing: i32, ready_shards: i32)
                         "AllShardsReady",
                         format!("{ready_shards}/{existing} shards ready"),
                     ),
-                    Desired::new(PROGRESSING, false, "AllShardsReady", ""),
+                    Desired::new(
+                        PROGRESSING,
+                        false,
+                        "AllShardsReady",
+                        "every shard is rolled out and ready",
+                    ),
                     healthy,
                 ]
             } else {

@@ -15,7 +15,11 @@ pub fn init(format: LogFormat) {
     let registry = tracing_subscriber::registry().with(filter);
     // `try_init`: a second call (tests) must not panic.
     let _ = match format {
-        LogFormat::Text => registry.with(fmt::layer().with_target(true)).try_init(),
+        LogFormat::Text => {
+            // Colours only on a terminal: log files and collectors get plain text.
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            registry.with(fmt::layer().with_target(true).with_ansi(ansi)).try_init()
+        }
         LogFormat::Json => registry
             .with(fmt::layer().json().flatten_event(true).with_current_span(true))
             .try_init(),

@@ -107,12 +107,27 @@ pub struct Location {
     pub radius: f64,
 }
 
-/// A point or offset in km.
+/// A point or offset in km, written `[x, y, z]` in YAML. Not a map with `x`/`y`/`z` keys:
+/// kubectl reads YAML 1.1, where a bare `y:` key is the boolean `true`.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Default, JsonSchema)]
+#[serde(from = "[f64; 3]", into = "[f64; 3]")]
+#[schemars(with = "[f64; 3]")]
 pub struct Vector3 {
     pub x: f64,
     pub y: f64,
     pub z: f64,
+}
+
+impl From<[f64; 3]> for Vector3 {
+    fn from([x, y, z]: [f64; 3]) -> Self {
+        Vector3 { x, y, z }
+    }
+}
+
+impl From<Vector3> for [f64; 3] {
+    fn from(v: Vector3) -> Self {
+        [v.x, v.y, v.z]
+    }
 }
 
 /// A circular orbit in the system's plane (z = 0 relative to the parent).
