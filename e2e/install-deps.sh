@@ -6,6 +6,8 @@ export DEBIAN_FRONTEND=noninteractive
 
 packages=(
   postgresql   # the node's PostgreSQL store is tested against a real server
+  prometheus   # `promtool check metrics` validates `starmesh local`'s /metrics
+  chromium     # the web map of `starmesh local` is tested in a real headless browser
 )
 missing=()
 for p in "${packages[@]}"; do
