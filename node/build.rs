@@ -8,6 +8,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/starmesh/v1/server_link.proto",
         "proto/starmesh/v1/gateway_link.proto",
         "proto/starmesh/v1/admin.proto",
+        "proto/starmesh/v1/player_link.proto",
+        "proto/starmesh/v1/gate_link.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

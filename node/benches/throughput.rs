@@ -1,8 +1,18 @@
 //! Throughput benchmark (not a test): `cargo bench -p starmesh-node --bench throughput`.
 //! Prints entity writes/s ingested, fan-out updates/s and bytes/s to N
-//! subscribers, and store commit throughput, beside same-run baselines (raw
-//! loopback TCP throughput; plain fsync'd appends of the same bytes).
-//! PostgreSQL is measured when STARMESH_BENCH_PG_URL is set.
+//! subscribers, store commit throughput for both stores (PostgreSQL started
+//! here, by the same harness the tests use), and replicant restart time
+//! (`kill -9` -> ready with every entity loaded) by store and entity count,
+//! beside same-run baselines (raw loopback TCP; fsync'd appends of the same bytes).
+
+// The test harnesses, shared rather than copied: a real PostgreSQL, and the
+// replicant binary as a child process.
+#[allow(dead_code)]
+#[path = "../tests/common/pg.rs"]
+mod pg;
+#[allow(dead_code)]
+#[path = "../tests/common/process.rs"]
+mod process;
 
 use std::io::Write;
 use std::sync::Arc;
@@ -12,8 +22,8 @@ use std::time::{Duration, Instant};
 use prost::Message;
 use starmesh_node::model::{Entity, Vec3};
 use starmesh_node::replicant::{self, Config};
+use starmesh_node::resources;
 use starmesh_node::store::{CommitBatch, Store, embedded::EmbeddedStore, postgres::PostgresStore};
-use starmesh_node::territory::builtin_test_config;
 use starmesh_node::wire::pb::{self, replicant_message::Msg, server_message};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -92,8 +102,9 @@ async fn replicant_bench(dir: &std::path::Path) {
         lease: Duration::from_secs(600),
         ..Config::default()
     };
+    let mesh = resources::load(&[sol_path()], "0").unwrap();
     let r = replicant::start(
-        &builtin_test_config(),
+        &mesh,
         cfg,
         store,
         "127.0.0.1:0".parse().unwrap(),
@@ -101,6 +112,7 @@ async fn replicant_bench(dir: &std::path::Path) {
     )
     .await
     .unwrap();
+    r.loaded().await;
     let url = format!("http://{}", r.grpc_addr);
 
     let updates = Arc::new(AtomicU64::new(0));
@@ -203,6 +215,75 @@ async fn replicant_bench(dir: &std::path::Path) {
     r.shutdown().await;
 }
 
+fn sol_path() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sol.yaml")
+}
+
+/// Fills a store with `n` entities (spread over the test world), 10k per commit.
+async fn fill(store: &dyn Store, n: u64) {
+    let per = 10_000u64;
+    for start in (0..n).step_by(per as usize) {
+        let entities = (start..(start + per).min(n))
+            .map(|i| Entity {
+                position: Vec3::new(-2000.0 + (i % 4000) as f64, (i / 4000) as f64 * 0.01, 0.0),
+                ..entity(i + 1, 1)
+            })
+            .collect();
+        store.commit(&CommitBatch { tick: start, entities }).await.unwrap();
+    }
+}
+
+/// Starts the replicant binary on a filled store, `kill -9`s it, starts it
+/// again and times kill -> `/readyz` 200, then checks every entity is loaded.
+async fn restart_time(store_args: &[&std::ffi::OsStr], n: u64) -> Duration {
+    let sol = sol_path();
+    let mut args: Vec<&std::ffi::OsStr> = vec!["--system".as_ref(), sol.as_os_str()];
+    args.extend_from_slice(store_args);
+    let bin = env!("CARGO_BIN_EXE_starmesh");
+    let mut first = process::Replicant::spawn(bin, &args);
+    first.wait_ready(Duration::from_secs(600));
+    let t = Instant::now();
+    first.kill_9();
+    let second = process::Replicant::spawn(bin, &args);
+    second.wait_ready(Duration::from_secs(600));
+    let took = t.elapsed();
+    let mut admin =
+        pb::admin_client::AdminClient::connect(format!("http://{}", second.grpc)).await.unwrap();
+    let c = admin.counts(pb::CountsRequest {}).await.unwrap().into_inner();
+    assert_eq!(c.entities, n, "every persisted entity is loaded");
+    took
+}
+
+async fn restart_bench(dir: &std::path::Path, pg: &pg::Pg) {
+    for n in [10_000u64, 100_000, 1_000_000] {
+        let data = dir.join(format!("restart-{n}"));
+        fill(&EmbeddedStore::open(&data).unwrap(), n).await;
+        let took = restart_time(&["--data-dir".as_ref(), data.as_os_str()], n).await;
+        println!(
+            "restart (embedded, kill -9 -> ready, all loaded): {n} entities in {:.2} s",
+            took.as_secs_f64()
+        );
+    }
+    for n in [10_000u64, 100_000, 1_000_000] {
+        let store = PostgresStore::new(&pg.url());
+        // One table per database: start from an empty one for each size.
+        let url = pg.url();
+        let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        c.batch_execute("DROP TABLE IF EXISTS starmesh_entities").await.unwrap();
+        fill(&store, n).await;
+        let took = restart_time(
+            &["--store".as_ref(), "postgres".as_ref(), "--postgres-url".as_ref(), url.as_ref()],
+            n,
+        )
+        .await;
+        println!(
+            "restart (postgres, kill -9 -> ready, all loaded): {n} entities in {:.2} s",
+            took.as_secs_f64()
+        );
+    }
+}
+
 fn main() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -217,16 +298,15 @@ fn main() {
             "embedded (redb) commits ({BATCH} entities per commit): {:.0} entities/s",
             store_commits(&emb).await
         );
-        match std::env::var("STARMESH_BENCH_PG_URL") {
-            Ok(url) => {
-                let pg = PostgresStore::connect(&url).await.unwrap();
-                println!(
-                    "postgres commits ({BATCH} entities per commit): {:.0} entities/s",
-                    store_commits(&pg).await
-                );
-            }
-            Err(_) => println!("postgres commits: skipped (set STARMESH_BENCH_PG_URL)"),
-        }
+        let mut pg = pg::Pg::init();
+        pg.start().await;
+        let store = PostgresStore::new(&pg.url());
+        println!(
+            "postgres 15 commits ({BATCH} entities per commit, loopback, default fsync on): {:.0} entities/s",
+            store_commits(&store).await
+        );
         replicant_bench(dir.path()).await;
+        restart_bench(dir.path(), &pg).await;
+        pg.stop();
     });
 }

@@ -1,7 +1,13 @@
-//! starmesh-node: the `starmesh` binary's roles. Only the replicant exists so far.
+//! starmesh-node: the `starmesh` binary's roles: replicant, game server, gateway and bots.
 
+pub mod bots;
+pub mod gateway;
+pub mod local;
 pub mod model;
 pub mod replicant;
+pub mod resources;
+pub mod server;
 pub mod store;
 pub mod territory;
+pub mod web_map;
 pub mod wire;

@@ -8,8 +8,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use starmesh_node::replicant::{self, Config};
+use starmesh_node::resources;
 use starmesh_node::store::{Store, embedded::EmbeddedStore, postgres::PostgresStore};
-use starmesh_node::territory::{MeshConfig, builtin_test_config};
 
 #[derive(Parser)]
 #[command(
@@ -25,15 +25,16 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// The shard's source of truth: entities, authority, streaming, persistence.
-    Replicant(ReplicantArgs),
-    /// A game server (not implemented yet).
-    Server,
-    /// The player-facing gateway (not implemented yet).
-    Gateway,
-    /// A load generator (not implemented yet).
-    Bots,
-    /// The whole mesh on one machine (not implemented yet).
-    Local,
+    Replicant(Box<ReplicantArgs>),
+    /// A game server: a fixed-rate tick over the entities it has authority over.
+    Server(Box<starmesh_node::server::ServerArgs>),
+    /// The player-facing gateway: players connect, play, and stay connected.
+    Gateway(Box<starmesh_node::gateway::GatewayArgs>),
+    /// A load generator and invariant checker: N players through a gateway.
+    Bots(Box<starmesh_node::bots::BotsArgs>),
+    /// The whole mesh on one machine: replicant, game servers, gateway, bots,
+    /// a live web map and `/metrics`, on the embedded store.
+    Local(Box<starmesh_node::local::LocalArgs>),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -44,11 +45,11 @@ enum StoreKind {
 
 #[derive(clap::Args)]
 struct ReplicantArgs {
-    #[arg(long, env = "STARMESH_LISTEN", default_value = "127.0.0.1:7100")]
+    #[arg(long, env = "STARMESH_GRPC_LISTEN", default_value = "127.0.0.1:7100")]
     listen: SocketAddr,
     #[arg(long, env = "STARMESH_METRICS_LISTEN", default_value = "127.0.0.1:9100")]
     metrics_listen: SocketAddr,
-    #[arg(long, value_enum, default_value = "embedded")]
+    #[arg(long, env = "STARMESH_STORE", value_enum, default_value = "embedded")]
     store: StoreKind,
     /// Folder of the embedded store.
     #[arg(long, env = "STARMESH_DATA_DIR", default_value = "./starmesh-data")]
@@ -56,13 +57,16 @@ struct ReplicantArgs {
     /// e.g. "host=127.0.0.1 port=5432 user=starmesh dbname=starmesh"
     #[arg(long, env = "STARMESH_POSTGRES_URL")]
     postgres_url: Option<String>,
-    /// Territory map (JSON): {"system","shard","territories":[{name,center,radius}],"static_owners":{server:[territory]}}
-    #[arg(long, conflicts_with = "builtin_territories")]
-    territories: Option<PathBuf>,
-    /// Use the built-in test map (earth, moon, station, deep-space).
-    #[arg(long)]
-    builtin_territories: bool,
-    #[arg(long, default_value_t = 30)]
+    /// StarSystem YAML (the file `kubectl apply` takes); may also hold the ServerLayout.
+    #[arg(long, env = "STARMESH_SYSTEM_FILE")]
+    system: PathBuf,
+    /// ServerLayout YAML, when not in the --system file.
+    #[arg(long, env = "STARMESH_LAYOUT_FILE")]
+    layout: Option<PathBuf>,
+    /// Which shard of the system this replicant holds (the `shard` metric label).
+    #[arg(long, env = "STARMESH_SHARD", default_value = "0")]
+    shard: String,
+    #[arg(long, env = "STARMESH_TICK_RATE", default_value_t = 30)]
     tick_hz: u32,
     #[arg(long, default_value_t = 3000)]
     lease_ms: u64,
@@ -70,10 +74,15 @@ struct ReplicantArgs {
     budget_bytes: usize,
     #[arg(long, default_value_t = 1_000_000)]
     backlog_bound: usize,
-    #[arg(long, default_value_t = 60)]
-    evict_after_s: u64,
+    /// Seconds an entity nobody needs stays in memory before it is evicted to the store.
+    #[arg(long, default_value_t = 60.0, value_parser = parse_seconds)]
+    evict_after: f64,
     #[arg(long, default_value_t = 100.0)]
     cell_size_km: f64,
+    /// The replicant of another StarSystem a jump gate leads to, as SYSTEM=HOST:PORT
+    /// (repeatable; in the environment, comma-separated).
+    #[arg(long = "gate-peer", env = "STARMESH_GATE_PEERS", value_delimiter = ',', value_parser = parse_gate_peer)]
+    gate_peers: Vec<(String, String)>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -86,21 +95,39 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Replicant(a) => tokio::runtime::Runtime::new()?.block_on(run_replicant(a)),
-        Cmd::Server | Cmd::Gateway | Cmd::Bots | Cmd::Local => {
-            anyhow::bail!("this role is not implemented yet")
+        Cmd::Replicant(a) => tokio::runtime::Runtime::new()?.block_on(run_replicant(*a)),
+        Cmd::Local(a) => starmesh_node::local::main(*a),
+        Cmd::Server(a) => starmesh_node::server::main(*a),
+        Cmd::Gateway(a) => starmesh_node::gateway::main(*a),
+        Cmd::Bots(a) => starmesh_node::bots::main(*a),
+    }
+}
+
+fn parse_gate_peer(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((system, addr)) if !system.is_empty() && system.len() <= 63 && !addr.is_empty() => {
+            Ok((system.to_string(), addr.to_string()))
         }
+        _ => Err(format!("{s:?} is not SYSTEM=HOST:PORT")),
+    }
+}
+
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v < 1e9 => Ok(v),
+        _ => Err(format!("{s:?} is not a number of seconds > 0")),
     }
 }
 
 async fn run_replicant(a: ReplicantArgs) -> anyhow::Result<()> {
-    let mesh: MeshConfig = match (&a.territories, a.builtin_territories) {
-        (Some(p), _) => serde_json::from_slice(
-            &std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
-        )
-        .with_context(|| format!("parsing {}", p.display()))?,
-        (None, true) => builtin_test_config(),
-        (None, false) => anyhow::bail!("give --territories FILE or --builtin-territories"),
+    let files: Vec<PathBuf> = std::iter::once(a.system.clone()).chain(a.layout.clone()).collect();
+    let mesh = match resources::load(&files, &a.shard) {
+        Ok(m) => m,
+        Err(e) => {
+            // One problem per line, each with its field path, before anything starts.
+            eprintln!("starmesh replicant: invalid resources:\n{e}");
+            std::process::exit(2);
+        }
     };
     let store: Arc<dyn Store> = match a.store {
         StoreKind::Embedded => Arc::new(EmbeddedStore::open(&a.data_dir)?),
@@ -109,7 +136,8 @@ async fn run_replicant(a: ReplicantArgs) -> anyhow::Result<()> {
                 .postgres_url
                 .as_deref()
                 .context("--postgres-url is required with --store postgres")?;
-            Arc::new(PostgresStore::connect(url).await?)
+            // Connects lazily: a store that is down at startup is retried by the replicant.
+            Arc::new(PostgresStore::new(url))
         }
     };
     let cfg = Config {
@@ -117,14 +145,16 @@ async fn run_replicant(a: ReplicantArgs) -> anyhow::Result<()> {
         lease: Duration::from_millis(a.lease_ms),
         budget_bytes: a.budget_bytes,
         backlog_bound: a.backlog_bound,
-        evict_after: Duration::from_secs(a.evict_after_s),
+        evict_after: Duration::from_secs_f64(a.evict_after),
         cell_size_km: a.cell_size_km,
+        gate_peers: a.gate_peers,
         ..Config::default()
     };
     let running = replicant::start(&mesh, cfg, store, a.listen, a.metrics_listen).await?;
-    // Tests and tools parse this line to learn the bound addresses.
+    // Tests and tools parse this line to learn the bound addresses; readiness
+    // (the world loaded from the store) is `/readyz` on the metrics address.
     println!(
-        "starmesh replicant ready grpc={} metrics={}",
+        "starmesh replicant listening grpc={} metrics={}",
         running.grpc_addr, running.metrics_addr
     );
     tokio::signal::ctrl_c().await?;

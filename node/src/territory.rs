@@ -1,139 +1,110 @@
-//! The territory map: named spheres (km). Nested spheres are allowed and the
-//! innermost (smallest radius) containing sphere wins; a position in none is
-//! in the reserved territory `deep-space`.
+//! The territory map the replicant decides authority with, derived from a
+//! (validated) StarSystem and ServerLayout through `starmesh_api::geometry`,
+//! so the node and the operator agree on where every territory is.
 //!
-//! This is a plain input type on purpose: the StarSystem resource (operator
-//! API crate) will later be converted into it, so the replicant does not depend
-//! on controller types.
+//! A position belongs to the innermost location sphere containing it; that
+//! location belongs to its own territory if a server names it, else to its
+//! nearest named ancestor's (`geometry::territory_of_locations`); a position
+//! in no sphere is in `deep-space`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use serde::Deserialize;
+use starmesh_api::geometry;
+use starmesh_api::{LayoutMode, ServerLayoutSpec, StarSystemSpec};
 
 use crate::model::{TerritoryName, Vec3};
 
-pub const DEEP_SPACE: &str = "deep-space";
-
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-pub struct TerritorySpec {
-    pub name: String,
-    pub center: [f64; 3],
-    pub radius: f64,
-}
-
-/// What a replicant is started with: the shard's territories and which
-/// servers statically own which territories (unlisted ones go to any live server).
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-pub struct MeshConfig {
-    #[serde(default = "default_system")]
-    pub system: String,
-    #[serde(default = "default_shard")]
-    pub shard: String,
-    pub territories: Vec<TerritorySpec>,
-    /// server name -> territory names
-    #[serde(default)]
-    pub static_owners: BTreeMap<String, Vec<String>>,
-}
-
-fn default_system() -> String {
-    "sol".into()
-}
-fn default_shard() -> String {
-    "0".into()
-}
+pub const DEEP_SPACE: &str = starmesh_api::DEEP_SPACE;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum TerritoryError {
-    #[error("territory name {0:?} is empty, too long or reserved")]
-    BadName(String),
-    #[error("territory {0:?} is defined twice")]
-    Duplicate(String),
-    #[error("territory {0:?} needs a finite centre and a finite radius > 0")]
+    /// Validation should have caught it; kept so a broken spec can never
+    /// produce a map with a hole in it.
+    #[error("location {0:?} cannot be placed (broken or cyclic parent chain)")]
+    Unplaced(String),
+    #[error("location {0:?} needs a finite centre and a finite radius > 0")]
     BadShape(String),
-    #[error("server {server:?} statically owns unknown territory {territory:?}")]
-    UnknownStatic { server: String, territory: String },
-    #[error("territory {0:?} is statically owned by more than one server")]
-    StaticConflict(String),
 }
 
 #[derive(Clone, Debug)]
 struct Sphere {
-    name: TerritoryName,
     center: Vec3,
     radius: f64,
+    territory: TerritoryName,
 }
 
 #[derive(Clone, Debug)]
 pub struct TerritoryMap {
-    /// Sorted by radius ascending (then name), so the first hit is the innermost.
+    /// One per location, sorted by radius ascending, so the first hit is the innermost.
     spheres: Vec<Sphere>,
+    territories: BTreeSet<TerritoryName>,
     deep_space: TerritoryName,
     static_owner: BTreeMap<TerritoryName, String>,
 }
 
 impl TerritoryMap {
-    pub fn new(cfg: &MeshConfig) -> Result<Self, TerritoryError> {
-        let mut names = BTreeSet::new();
-        let mut spheres = Vec::with_capacity(cfg.territories.len());
-        for t in &cfg.territories {
-            if t.name.is_empty()
-                || t.name.len() > crate::wire::validate::MAX_NAME_LEN
-                || t.name == DEEP_SPACE
-            {
-                return Err(TerritoryError::BadName(t.name.clone()));
-            }
-            if !names.insert(t.name.clone()) {
-                return Err(TerritoryError::Duplicate(t.name.clone()));
-            }
-            if !t.center.iter().all(|c| c.is_finite()) || !t.radius.is_finite() || t.radius <= 0.0 {
-                return Err(TerritoryError::BadShape(t.name.clone()));
-            }
-            spheres.push(Sphere {
-                name: t.name.as_str().into(),
-                center: t.center.into(),
-                radius: t.radius,
-            });
-        }
-        spheres.sort_by(|a, b| a.radius.total_cmp(&b.radius).then_with(|| a.name.cmp(&b.name)));
+    /// Territories are what the layout's static servers name (plus
+    /// `deep-space`). A dynamic layout names none: each location orbiting
+    /// the star (a planet with its moons, a belt, a Lagrange point) starts
+    /// as one territory, owned by any live server.
+    pub fn new(system: &StarSystemSpec, layout: &ServerLayoutSpec) -> Result<Self, TerritoryError> {
+        let deep_space: TerritoryName = Arc::from(DEEP_SPACE);
         let mut static_owner = BTreeMap::new();
-        for (server, ts) in &cfg.static_owners {
-            for t in ts {
-                let Some(s) = spheres.iter().find(|s| &*s.name == t.as_str()) else {
-                    if t == DEEP_SPACE {
-                        if static_owner.insert(Arc::from(DEEP_SPACE), server.clone()).is_some() {
-                            return Err(TerritoryError::StaticConflict(t.clone()));
-                        }
-                        continue;
+        let declared: BTreeSet<String> = match layout.mode {
+            LayoutMode::Static => {
+                for s in &layout.servers {
+                    for t in &s.territories {
+                        static_owner.insert(TerritoryName::from(t.as_str()), s.name.clone());
                     }
-                    return Err(TerritoryError::UnknownStatic {
-                        server: server.clone(),
-                        territory: t.clone(),
-                    });
-                };
-                if static_owner.insert(s.name.clone(), server.clone()).is_some() {
-                    return Err(TerritoryError::StaticConflict(t.clone()));
                 }
+                static_owner.keys().map(|t| t.to_string()).collect()
             }
+            LayoutMode::Dynamic => system
+                .locations
+                .iter()
+                .filter(|l| {
+                    l.parent.as_deref().is_none_or(|p| p.is_empty() || p == system.star.name)
+                })
+                .map(|l| l.name.clone())
+                .collect(),
+        };
+        let owner_of = geometry::territory_of_locations(system, &declared);
+        let mut territories: BTreeSet<TerritoryName> =
+            declared.iter().map(|t| TerritoryName::from(t.as_str())).collect();
+        territories.insert(deep_space.clone());
+        let mut spheres = Vec::with_capacity(system.locations.len());
+        for (spec, placed) in system.locations.iter().zip(geometry::place_locations(system)) {
+            let p = placed.ok_or_else(|| TerritoryError::Unplaced(spec.name.clone()))?;
+            let center = Vec3::new(p.centre.x, p.centre.y, p.centre.z);
+            if ![center.x, center.y, center.z, p.radius].iter().all(|c| c.is_finite())
+                || p.radius <= 0.0
+            {
+                return Err(TerritoryError::BadShape(p.name));
+            }
+            let territory = owner_of
+                .get(&p.name)
+                .and_then(|t| territories.get(t.as_str()))
+                .cloned()
+                .unwrap_or_else(|| deep_space.clone());
+            spheres.push(Sphere { center, radius: p.radius, territory });
         }
-        Ok(Self { spheres, deep_space: Arc::from(DEEP_SPACE), static_owner })
+        spheres.sort_by(|a, b| a.radius.total_cmp(&b.radius));
+        Ok(Self { spheres, territories, deep_space, static_owner })
     }
 
     /// The territory a position belongs to. Linear in the number of
-    /// territories, which is tens per shard, not entities.
+    /// locations, which is tens per system, not entities.
     pub fn locate(&self, p: Vec3) -> TerritoryName {
         self.spheres
             .iter()
             .find(|s| s.center.dist2(p) <= s.radius * s.radius)
-            .map_or_else(|| self.deep_space.clone(), |s| s.name.clone())
+            .map_or_else(|| self.deep_space.clone(), |s| s.territory.clone())
     }
 
-    /// Every territory, including `deep-space`.
+    /// Every territory, including `deep-space`, sorted.
     pub fn names(&self) -> Vec<TerritoryName> {
-        let mut v: Vec<_> = self.spheres.iter().map(|s| s.name.clone()).collect();
-        v.push(self.deep_space.clone());
-        v.sort();
-        v
+        self.territories.iter().cloned().collect()
     }
 
     pub fn static_owners(&self) -> &BTreeMap<TerritoryName, String> {
@@ -141,57 +112,80 @@ impl TerritoryMap {
     }
 }
 
-/// Built-in test data: a star with a planet (with a moon) and a station.
-pub fn builtin_test_config() -> MeshConfig {
-    let t =
-        |name: &str, c: [f64; 3], r: f64| TerritorySpec { name: name.into(), center: c, radius: r };
-    MeshConfig {
-        system: "sol".into(),
-        shard: "0".into(),
-        territories: vec![
-            t("earth", [1000.0, 0.0, 0.0], 300.0),
-            t("moon", [1200.0, 0.0, 0.0], 50.0),
-            t("station", [-500.0, 0.0, 0.0], 20.0),
-        ],
-        static_owners: BTreeMap::new(),
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// The same test world the integration tests load from disk.
+    pub(crate) fn sol() -> (StarSystemSpec, ServerLayoutSpec) {
+        let text = include_str!("../tests/fixtures/sol.yaml");
+        let mut system = None;
+        let mut layout = None;
+        for r in starmesh_api::yaml::load_resources(text).expect("fixture loads") {
+            match r {
+                starmesh_api::Resource::StarSystem(s) => system = Some(s.spec),
+                starmesh_api::Resource::ServerLayout(l) => layout = Some(l.spec),
+            }
+        }
+        (system.expect("a StarSystem"), layout.expect("a ServerLayout"))
+    }
+
+    pub(crate) fn sol_map() -> TerritoryMap {
+        let (s, l) = sol();
+        TerritoryMap::new(&s, &l).expect("valid map")
+    }
 
     #[test]
     fn innermost_sphere_wins_and_rest_is_deep_space() {
-        let m = TerritoryMap::new(&builtin_test_config()).unwrap();
+        let m = sol_map();
         assert_eq!(&*m.locate(Vec3::new(1000.0, 0.0, 0.0)), "earth");
         // Inside both earth (r=300) and moon (r=50): the moon is innermost.
         assert_eq!(&*m.locate(Vec3::new(1210.0, 0.0, 0.0)), "moon");
+        assert_eq!(&*m.locate(Vec3::new(-500.0, 0.0, 0.0)), "station");
         assert_eq!(&*m.locate(Vec3::new(0.0, 0.0, 0.0)), DEEP_SPACE);
         assert_eq!(m.names().len(), 4);
+        assert_eq!(m.static_owners().get("moon").map(String::as_str), Some("s-moon"));
     }
 
     #[test]
-    fn rejects_bad_maps() {
-        let mut c = builtin_test_config();
-        c.territories.push(TerritorySpec { name: "earth".into(), center: [0.0; 3], radius: 1.0 });
-        assert_eq!(TerritoryMap::new(&c).unwrap_err(), TerritoryError::Duplicate("earth".into()));
-        let mut c = builtin_test_config();
-        c.territories[0].radius = f64::NAN;
-        assert!(matches!(TerritoryMap::new(&c), Err(TerritoryError::BadShape(_))));
-        let mut c = builtin_test_config();
-        c.territories[0].name = DEEP_SPACE.into();
-        assert!(matches!(TerritoryMap::new(&c), Err(TerritoryError::BadName(_))));
-        let mut c = builtin_test_config();
-        c.static_owners.insert("s1".into(), vec!["mars".into()]);
-        assert!(matches!(TerritoryMap::new(&c), Err(TerritoryError::UnknownStatic { .. })));
+    fn unnamed_locations_belong_to_their_nearest_named_ancestor() {
+        let (s, mut l) = sol();
+        // Nobody names the moon or the station any more.
+        l.servers.retain(|s| s.name != "s-moon" && s.name != "s-station");
+        let m = TerritoryMap::new(&s, &l).unwrap();
+        assert_eq!(&*m.locate(Vec3::new(1210.0, 0.0, 0.0)), "earth");
+        // The station orbits the star directly: its nearest named ancestor is none.
+        assert_eq!(&*m.locate(Vec3::new(-500.0, 0.0, 0.0)), DEEP_SPACE);
+        assert_eq!(m.names().len(), 2);
     }
 
     #[test]
-    fn parses_json() {
-        let j = r#"{"territories":[{"name":"a","center":[0,0,0],"radius":5}],"static_owners":{"s1":["a"]}}"#;
-        let c: MeshConfig = serde_json::from_str(j).unwrap();
-        let m = TerritoryMap::new(&c).unwrap();
-        assert_eq!(m.static_owners().get("a").map(String::as_str), Some("s1"));
+    fn dynamic_layouts_start_with_one_territory_per_top_level_location() {
+        let (s, mut l) = sol();
+        l.mode = LayoutMode::Dynamic;
+        l.servers.clear();
+        let m = TerritoryMap::new(&s, &l).unwrap();
+        let names: Vec<String> = m.names().iter().map(|t| t.to_string()).collect();
+        assert_eq!(names, ["deep-space", "earth", "station"]);
+        assert_eq!(&*m.locate(Vec3::new(1210.0, 0.0, 0.0)), "earth");
+        assert!(m.static_owners().is_empty());
+    }
+
+    #[test]
+    fn the_real_stanton_example_maps() {
+        let system = starmesh_api::yaml::load_star_system(include_str!(
+            "../../manifests/examples/stanton.yaml"
+        ))
+        .unwrap();
+        let layout = starmesh_api::yaml::load_server_layout(include_str!(
+            "../../manifests/examples/stanton-layout.yaml"
+        ))
+        .unwrap();
+        let m = TerritoryMap::new(&system.spec, &layout.spec).unwrap();
+        // Hurston's centre is on the x axis; its moon Arial is unnamed, so it is Hurston's.
+        assert_eq!(&*m.locate(Vec3::new(12_850_000.0, 0.0, 0.0)), "hurston");
+        assert_eq!(&*m.locate(Vec3::new(12_850_000.0, 0.0, 1_000.0)), "lorville");
+        assert_eq!(m.static_owners().get("lorville").map(String::as_str), Some("cities"));
+        assert_eq!(&*m.locate(Vec3::new(0.0, 5_000_000.0, 0.0)), DEEP_SPACE);
     }
 }

@@ -4,120 +4,24 @@
 
 mod common;
 
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::pg::Pg;
 use common::*;
 use starmesh_node::replicant::Config;
 use starmesh_node::store::Store;
 use starmesh_node::store::postgres::PostgresStore;
-use starmesh_node::territory::builtin_test_config;
 use starmesh_node::wire::pb::{self, replicant_message::Msg};
-
-const BIN: &str = "/usr/lib/postgresql/15/bin";
-
-struct Pg {
-    dir: PathBuf,
-    port: u16,
-    uid: u32,
-    gid: u32,
-    child: Option<Child>,
-    _tmp: tempfile::TempDir,
-}
-
-fn ids() -> (u32, u32) {
-    let out = Command::new("id").args(["-u", "postgres"]).output().expect("id(1)");
-    let uid = String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .expect("a `postgres` user exists (apt-get install -y postgresql)");
-    let out = Command::new("id").args(["-g", "postgres"]).output().expect("id(1)");
-    let gid = String::from_utf8_lossy(&out.stdout).trim().parse().expect("postgres gid");
-    (uid, gid)
-}
-
-impl Pg {
-    fn init() -> Pg {
-        assert!(
-            Path::new(BIN).join("postgres").exists(),
-            "PostgreSQL 15 is not installed: apt-get install -y postgresql"
-        );
-        let (uid, gid) = ids();
-        let tmp = tempfile::tempdir().unwrap();
-        std::os::unix::fs::chown(tmp.path(), Some(uid), Some(gid)).unwrap();
-        let dir = tmp.path().join("data");
-        let st = Command::new(Path::new(BIN).join("initdb"))
-            .args(["-U", "postgres", "--auth=trust", "-D"])
-            .arg(&dir)
-            .uid(uid)
-            .gid(gid)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("run initdb");
-        assert!(st.success(), "initdb failed");
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        Pg { dir, port, uid, gid, child: None, _tmp: tmp }
-    }
-
-    fn url(&self) -> String {
-        format!("host=127.0.0.1 port={} user=postgres dbname=postgres connect_timeout=2", self.port)
-    }
-
-    async fn start(&mut self) {
-        let child = Command::new(Path::new(BIN).join("postgres"))
-            .arg("-D")
-            .arg(&self.dir)
-            .args([
-                "-p",
-                &self.port.to_string(),
-                "-c",
-                "listen_addresses=127.0.0.1",
-                "-c",
-                "unix_socket_directories=",
-            ])
-            .uid(self.uid)
-            .gid(self.gid)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn postgres");
-        self.child = Some(child);
-        for _ in 0..100 {
-            if tokio_postgres::connect(&self.url(), tokio_postgres::NoTls).await.is_ok() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("PostgreSQL did not start on port {}", self.port);
-    }
-
-    /// Fast shutdown (SIGINT) of the postmaster by its PID.
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill").args(["-INT", &c.id().to_string()]).status();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Pg {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_outage_buffers_then_drains_and_loses_nothing() {
     let mut pg = Pg::init();
     pg.start().await;
-    let store = Arc::new(PostgresStore::connect(&pg.url()).await.expect("schema"));
+    let store = Arc::new(PostgresStore::new(&pg.url()));
     // A long lease: this test sends no heartbeats.
     let cfg = Config { backlog_bound: 2_000, lease: Duration::from_secs(60), ..fast_config() };
-    let r = start(&builtin_test_config(), cfg, store.clone()).await;
+    let r = start(&sol(), cfg, store.clone()).await;
     let mut s = ServerClient::connect(r.grpc_addr, "s1").await;
     let earth = s.grant_for("earth").await;
     let mut seq = 0;
@@ -157,7 +61,7 @@ async fn postgres_outage_buffers_then_drains_and_loses_nothing() {
     }
     let rej = s
         .until(|m| match m {
-            Msg::Rejected(r) => Some(r.reason),
+            Msg::Rejected(r) => r.first.first().map(|f| f.reason),
             _ => None,
         })
         .await;
@@ -189,11 +93,79 @@ async fn postgres_outage_buffers_then_drains_and_loses_nothing() {
         v
     };
     r.shutdown().await;
-    let fresh = PostgresStore::connect(&pg.url()).await.unwrap();
+    let fresh = PostgresStore::new(&pg.url());
     let mut stored = fresh.load_all().await.unwrap();
     stored.sort_by_key(|e| e.id);
     assert_eq!(stored.len(), truth.len());
     assert_eq!(stored, truth);
     drop(store);
+    pg.stop();
+}
+
+/// A replicant started while PostgreSQL is down must not serve an empty
+/// world as the truth: it stays not-ready (saying why, in `/readyz` and its
+/// log) and retries; once PostgreSQL is up it loads everything and serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_waits_for_postgres_then_serves_the_stored_world() {
+    use common::process::Replicant;
+    use starmesh_node::model::{Entity, Vec3};
+    use starmesh_node::store::CommitBatch;
+
+    let mut pg = Pg::init();
+    pg.start().await;
+    let entities: Vec<Entity> = (1..=50)
+        .map(|id| Entity {
+            id,
+            kind: 1,
+            position: Vec3::new(1000.0, id as f64, 0.0),
+            velocity: Vec3::default(),
+            location: "earth".into(),
+            version: 3,
+            components: bytes::Bytes::from(vec![id as u8; 16]),
+            components_version: 1,
+            territory: "earth".into(),
+        })
+        .collect();
+    PostgresStore::new(&pg.url())
+        .commit(&CommitBatch { tick: 9, entities: entities.clone() })
+        .await
+        .expect("seed the store");
+    pg.stop();
+
+    let logdir = tempfile::tempdir().unwrap();
+    let log = logdir.path().join("replicant.log");
+    let sol = sol_path();
+    let url = pg.url();
+    let rep = Replicant::spawn_logged(
+        env!("CARGO_BIN_EXE_starmesh"),
+        &[
+            "--system".as_ref(),
+            sol.as_os_str(),
+            "--store".as_ref(),
+            "postgres".as_ref(),
+            "--postgres-url".as_ref(),
+            url.as_ref(),
+        ],
+        Some(&log),
+    );
+    // Down: not ready, for a reason, for as long as PostgreSQL is down.
+    for _ in 0..10 {
+        let (status, body) = rep.readyz();
+        assert_eq!(status, 503, "{body}");
+        assert!(body.contains("loading"), "{body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("not serving an empty world"), "log says why: {text}");
+
+    pg.start().await;
+    rep.wait_ready(Duration::from_secs(30));
+    let mut a =
+        pb::admin_client::AdminClient::connect(format!("http://{}", rep.grpc)).await.unwrap();
+    let c = a.counts(pb::CountsRequest {}).await.unwrap().into_inner();
+    assert_eq!(c.entities, 50, "the stored world, not an empty one");
+    let earth = c.territories.iter().find(|t| t.territory == "earth").unwrap();
+    assert_eq!(earth.entities, 50);
+    drop(rep);
     pg.stop();
 }

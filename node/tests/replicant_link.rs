@@ -10,7 +10,6 @@ use bytes::{Buf, BufMut, Bytes};
 use common::*;
 use prost::Message;
 use starmesh_node::store::embedded::EmbeddedStore;
-use starmesh_node::territory::builtin_test_config;
 use starmesh_node::wire::pb::{
     self, entity_update::Change, replicant_message::Msg, server_message,
 };
@@ -40,28 +39,34 @@ fn metric(text: &str, name: &str) -> f64 {
 #[tokio::test]
 async fn writes_are_acked_after_commit_and_stale_epochs_are_rejected() {
     let dir = tempfile::tempdir().unwrap();
-    let r = start(&builtin_test_config(), fast_config(), store(&dir)).await;
+    let r = start(&sol(), fast_config(), store(&dir)).await;
     let mut s1 = ServerClient::connect(r.grpc_addr, "s1").await;
     let earth = s1.grant_for("earth").await;
     s1.send(write(1, earth, 7, (1000.0, 0.0, 0.0))).await;
-    s1.committed(1).await;
-    s1.send(write(2, earth - 1, 7, (1001.0, 0.0, 0.0))).await;
-    let r2 = s1
+    // `Committed.tick` is the tick of the group commit that made seq 1 durable.
+    let tick = s1
         .until(|m| match m {
-            Msg::Rejected(r) => Some(*r),
+            Msg::Committed(c) if c.seq >= 1 => Some(c.tick),
             _ => None,
         })
         .await;
-    assert_eq!(
-        (r2.seq, r2.reason, r2.current_epoch),
-        (2, pb::RejectReason::StaleEpoch as i32, earth)
-    );
+    let now = r.shared.lock().world.tick();
+    assert!(tick > 0 && tick < now, "committed tick {tick} is a real past tick (now {now})");
+    s1.send(write(2, earth - 1, 7, (1001.0, 0.0, 0.0))).await;
+    let r2 = s1
+        .until(|m| match m {
+            Msg::Rejected(r) => r.first.first().map(|f| (f.seq, f.reason, f.current_epoch)),
+            _ => None,
+        })
+        .await;
+    assert_eq!(r2, (2, pb::RejectReason::StaleEpoch as i32, earth));
     let text = metrics(r.metrics_addr).await;
     assert_eq!(metric(&text, "starmesh_stale_epoch_rejections_total"), 1.0);
     assert!(text.contains("starmesh_commit_latency_seconds_bucket"));
     assert!(
-        text.contains("starmesh_entities{shard=\"0\",system=\"sol\",territory=\"earth\"} 1")
-            || metric(&text, "starmesh_writes_applied_total") == 1.0
+        text.contains(
+            "starmesh_entities{shard=\"0\",state=\"resident\",system=\"sol\",territory=\"earth\"} 1"
+        ) || metric(&text, "starmesh_writes_applied_total") == 1.0
     );
     r.shutdown().await;
 }
@@ -69,9 +74,7 @@ async fn writes_are_acked_after_commit_and_stale_epochs_are_rejected() {
 #[tokio::test]
 async fn handoff_at_tick_boundary_and_takeover_when_a_stream_closes() {
     let dir = tempfile::tempdir().unwrap();
-    let mut mesh = builtin_test_config();
-    mesh.static_owners.insert("s-moon".into(), vec!["moon".into()]);
-    let r = start(&mesh, fast_config(), store(&dir)).await;
+    let r = start(&sol(), fast_config(), store(&dir)).await;
     let mut earth_srv = ServerClient::connect(r.grpc_addr, "s-earth").await;
     let earth = earth_srv.grant_for("earth").await;
     let mut moon_srv = ServerClient::connect(r.grpc_addr, "s-moon").await;
@@ -102,7 +105,7 @@ async fn handoff_at_tick_boundary_and_takeover_when_a_stream_closes() {
     let v = inn.entity.as_ref().unwrap().version;
     // The old owner is fenced; the new owner continues.
     earth_srv.send(write(3, earth, 7, (1201.0, 0.0, 0.0))).await;
-    earth_srv.until(|m| matches!(m, Msg::Rejected(r) if r.seq == 3).then_some(())).await;
+    earth_srv.until(|m| matches!(m, Msg::Rejected(r) if r.highest_seq == 3).then_some(())).await;
     moon_srv.send(write(1, moon, 7, (1202.0, 0.0, 0.0))).await;
     moon_srv.committed(1).await;
 
@@ -128,7 +131,7 @@ async fn handoff_at_tick_boundary_and_takeover_when_a_stream_closes() {
 #[tokio::test]
 async fn lease_expiry_moves_territories() {
     let dir = tempfile::tempdir().unwrap();
-    let r = start(&builtin_test_config(), fast_config(), store(&dir)).await;
+    let r = start(&sol(), fast_config(), store(&dir)).await;
     let mut a = ServerClient::connect(r.grpc_addr, "a").await;
     a.grant_for("earth").await;
     let mut b = ServerClient::connect(r.grpc_addr, "b").await;
@@ -159,7 +162,7 @@ async fn lease_expiry_moves_territories() {
 #[tokio::test]
 async fn subscriptions_and_gateway_players() {
     let dir = tempfile::tempdir().unwrap();
-    let r = start(&builtin_test_config(), fast_config(), store(&dir)).await;
+    let r = start(&sol(), fast_config(), store(&dir)).await;
     let mut s = ServerClient::connect(r.grpc_addr, "s1").await;
     let earth = s.grant_for("earth").await;
     s.send(msg(server_message::Msg::Neighbourhood(pb::Interest {
@@ -316,7 +319,7 @@ use futures::StreamExt;
 #[tokio::test]
 async fn hostile_input_ends_only_its_own_stream() {
     let dir = tempfile::tempdir().unwrap();
-    let r = start(&builtin_test_config(), fast_config(), store(&dir)).await;
+    let r = start(&sol(), fast_config(), store(&dir)).await;
     let mut good = ServerClient::connect(r.grpc_addr, "good").await;
     let earth = good.grant_for("earth").await;
     good.send(msg(server_message::Msg::Neighbourhood(pb::Interest {
@@ -365,7 +368,7 @@ async fn hostile_input_ends_only_its_own_stream() {
     evil.send(write(1, earth, 9, (1000.0, 0.0, 0.0))).await;
     let rej = evil
         .until(|m| match m {
-            Msg::Rejected(r) => Some(r.reason),
+            Msg::Rejected(r) => r.first.first().map(|f| f.reason),
             _ => None,
         })
         .await;

@@ -8,53 +8,30 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::process::Replicant;
 use common::*;
 use starmesh_node::wire::pb;
 use starmesh_node::wire::pb::{entity_update::Change, replicant_message::Msg, server_message};
 
-/// Kills the replicant if the test panics, so no process is left behind.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(dir: &std::path::Path) -> (Guard, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_starmesh"))
-        .args([
-            "replicant",
-            "--builtin-territories",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--tick-hz",
-            "50",
-        ])
-        .arg("--data-dir")
-        .arg(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn starmesh");
-    let stdout = child.stdout.take().unwrap();
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    let addr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("grpc="))
-        .unwrap_or_else(|| panic!("no ready line: {line:?}"))
-        .parse()
-        .unwrap();
-    (Guard(child), addr)
+fn spawn(dir: &std::path::Path) -> (Replicant, SocketAddr) {
+    let sol = sol_path();
+    let r = Replicant::spawn(
+        env!("CARGO_BIN_EXE_starmesh"),
+        &[
+            "--system".as_ref(),
+            sol.as_os_str(),
+            "--tick-hz".as_ref(),
+            "50".as_ref(),
+            "--data-dir".as_ref(),
+            dir.as_os_str(),
+        ],
+    );
+    r.wait_ready(Duration::from_secs(30));
+    let addr = r.grpc;
+    (r, addr)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -91,8 +68,7 @@ async fn kill_9_loses_nothing_acknowledged() {
             acked = acked.max(c.seq);
         }
     }
-    child.0.kill().expect("SIGKILL"); // std's kill() is SIGKILL on Unix: a real kill -9.
-    let _ = child.0.wait();
+    child.kill_9();
     let log = writer.await.unwrap();
     assert!(acked > 100, "load was acknowledged before the kill (acked {acked})");
 

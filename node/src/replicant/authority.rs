@@ -28,7 +28,9 @@ pub enum Fence {
     /// The write's epoch is not the territory's current epoch.
     StaleEpoch { current: u64 },
     /// The epoch is current but the sender is not the owner (should not happen
-    /// with unique epochs; kept as a second, independent check).
+    /// with unique epochs; kept as a second, independent check). Also: the
+    /// sender is the new owner, but the old one already wrote the entity in
+    /// this tick (`World::apply_write`); its writes count from the next tick.
     NotOwner { current: u64 },
 }
 

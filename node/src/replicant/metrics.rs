@@ -24,7 +24,11 @@ pub struct Metrics {
     pub store_up: IntGauge,
     pub subscriber_deferred_ticks: IntCounter,
     pub subscribers_dropped: IntCounter,
+    pub rejection_summaries_deferred: IntCounter,
     pub bad_messages: IntCounter,
+    pub gate_transfers: IntCounterVec,
+    pub gate_in_transit: IntGauge,
+    pub gate_arrive_retries: IntCounter,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -49,8 +53,11 @@ impl Metrics {
             entities: reg(
                 &r,
                 IntGaugeVec::new(
-                    Opts::new("starmesh_entities", "Entities in memory, by territory"),
-                    loc,
+                    Opts::new(
+                        "starmesh_entities",
+                        "Entities by territory; state=resident (in memory) or evicted (only in the store)",
+                    ),
+                    &["system", "shard", "territory", "state"],
                 )
                 .expect("valid"),
             ),
@@ -167,11 +174,46 @@ impl Metrics {
                 )
                 .expect("valid"),
             ),
+            rejection_summaries_deferred: reg(
+                &r,
+                IntCounter::new(
+                    "starmesh_rejection_summaries_deferred_total",
+                    "Ticks a server's rejection summary waited (merged into the next) because its queue was full",
+                )
+                .expect("valid"),
+            ),
             bad_messages: reg(
                 &r,
                 IntCounter::new(
                     "starmesh_bad_messages_total",
                     "Streams ended by an undecodable or invalid message",
+                )
+                .expect("valid"),
+            ),
+            gate_transfers: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "starmesh_gate_transfers_total",
+                        "Jump-gate transfers by result: source side departed, returned (target refused) or rejected (GateEnter refused); target side arrived, replayed (a retry answered again) or refused",
+                    ),
+                    &["result"],
+                )
+                .expect("valid"),
+            ),
+            gate_in_transit: reg(
+                &r,
+                IntGauge::new(
+                    "starmesh_gate_in_transit_entities",
+                    "Entities that left through a jump gate and are not yet confirmed by the target system",
+                )
+                .expect("valid"),
+            ),
+            gate_arrive_retries: reg(
+                &r,
+                IntCounter::new(
+                    "starmesh_gate_arrive_retries_total",
+                    "Failed GateLink.Arrive attempts (retried until answered)",
                 )
                 .expect("valid"),
             ),

@@ -8,9 +8,11 @@
 //! never held across an `.await`.
 
 pub mod authority;
+pub mod gate;
 pub mod interest;
 pub mod metrics;
 pub mod persistence;
+pub mod rejections;
 pub mod service;
 pub mod spatial_index;
 pub mod state;
@@ -26,14 +28,15 @@ use tokio::sync::{Notify, mpsc, watch};
 use tonic::Status;
 
 use crate::model::{EntityId, PlayerId, ServerName};
+use crate::resources::Mesh;
 use crate::store::Store;
-use crate::territory::{MeshConfig, TerritoryMap};
 use crate::wire::pb;
 
 use authority::{Authority, Change};
 use interest::Subscription;
 use metrics::Metrics;
 use persistence::WriteBehind;
+use rejections::Rejections;
 use state::World;
 
 #[derive(Clone, Debug)]
@@ -50,6 +53,8 @@ pub struct Config {
     pub cell_size_km: f64,
     /// A subscriber whose queue stays full this long is disconnected.
     pub slow_subscriber_timeout: Duration,
+    /// Jump-gate peers: (StarSystem name, `host:port` of its replicant's gRPC).
+    pub gate_peers: Vec<(String, String)>,
 }
 
 impl Default for Config {
@@ -63,6 +68,7 @@ impl Default for Config {
             evict_after: Duration::from_secs(60),
             cell_size_km: 100.0,
             slow_subscriber_timeout: Duration::from_secs(10),
+            gate_peers: Vec::new(),
         }
     }
 }
@@ -80,8 +86,8 @@ pub struct ServerConn {
     pub name: ServerName,
     pub tx: ServerTx,
     pub kill: Arc<Notify>,
-    /// Highest committed write seq, merged into the outbound stream.
-    pub committed: watch::Sender<u64>,
+    /// (highest committed write seq, tick of the commit), merged into the outbound stream.
+    pub committed: watch::Sender<(u64, u64)>,
     pub sub: Option<Subscription>,
     pub slow_ticks: u64,
 }
@@ -108,11 +114,37 @@ pub struct Core {
     pub committed_tick: Option<u64>,
     /// conn -> highest seq applied this tick (becomes the tick group's acks).
     pub tick_acks: HashMap<u64, u64>,
+    /// conn -> this tick's rejected writes, sent as one message per tick.
+    pub tick_rejections: HashMap<u64, Rejections>,
     pub streaming_in: HashSet<EntityId>,
+    /// Evicted entities a takeover needs back in memory (picked up by the next tick).
+    pub stream_in_wanted: Vec<EntityId>,
+    /// Jump-gate transfers in transit, departed and arriving (`gate`).
+    pub gates: gate::GateBook,
     next_conn: u64,
 }
 
 impl Core {
+    /// An empty core around `world` (no connections yet). Public so the
+    /// deterministic simulation test (`tests/authority_simulation.rs`) can
+    /// drive the real core and tick without a network.
+    pub fn new(world: World, backlog_bound: usize) -> Self {
+        Self {
+            world,
+            servers: HashMap::new(),
+            gateways: HashMap::new(),
+            players: HashMap::new(),
+            wb: WriteBehind::new(backlog_bound),
+            committed_tick: None,
+            tick_acks: HashMap::new(),
+            tick_rejections: HashMap::new(),
+            streaming_in: HashSet::new(),
+            stream_in_wanted: Vec::new(),
+            gates: gate::GateBook::default(),
+            next_conn: 0,
+        }
+    }
+
     pub fn next_conn(&mut self) -> u64 {
         self.next_conn += 1;
         self.next_conn
@@ -122,7 +154,7 @@ impl Core {
         self.world.authority.conn_of(server)
     }
 
-    /// Sends a control message (grant, revoke, handoff, rejection). These
+    /// Sends a control message (grant, revoke, handoff, input). These
     /// must not be lost, so a server whose queue is full is disconnected
     /// (it loses its territories) rather than silently missing one.
     pub fn send_control(
@@ -203,6 +235,9 @@ impl Core {
                     ) {
                         continue;
                     }
+                    // Evicted entities of the territory are streamed back in; the
+                    // owner gets each as a handoff once it is loaded.
+                    self.world.evicted_in(&territory, &mut self.stream_in_wanted);
                     let tick = self.world.tick();
                     let states: Vec<_> = self
                         .world
@@ -237,6 +272,14 @@ pub struct Shared {
     pub commit_notify: Notify,
     pub shutdown: Notify,
     pub store_ok: AtomicBool,
+    /// Set by `Running::shutdown`: retry loops (gate transfers) stop.
+    pub stopping: AtomicBool,
+    /// This system's jump gates and the replicants they lead to.
+    pub gates: gate::Gates,
+    /// False until everything committed has been read back from the store:
+    /// until then the replicant serves nothing, because an empty world is
+    /// not the truth.
+    pub loaded: watch::Sender<bool>,
 }
 
 impl Shared {
@@ -246,8 +289,21 @@ impl Shared {
         self.core.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// `None` when ready, else why not (the `/readyz` body).
+    pub fn not_ready_reason(&self) -> Option<&'static str> {
+        if !*self.loaded.borrow() {
+            Some("loading: the store is not reachable yet; not serving an empty world")
+        } else if !self.store_ok.load(Ordering::Relaxed) {
+            Some("store unavailable: serving from memory, buffering commits")
+        } else if self.lock().wb.is_full() {
+            Some("store backlog full: refusing writes")
+        } else {
+            None
+        }
+    }
+
     pub fn ready(&self) -> bool {
-        self.store_ok.load(Ordering::Relaxed) && !self.lock().wb.is_full()
+        self.not_ready_reason().is_none()
     }
 }
 
@@ -256,24 +312,43 @@ pub struct Running {
     pub grpc_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
     pub shared: Arc<Shared>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
 
 impl Running {
+    /// Waits until the world has been loaded from the store and gRPC is served.
+    pub async fn loaded(&self) {
+        let mut rx = self.shared.loaded.subscribe();
+        // The sender lives in `shared`, which `self` holds: it cannot close.
+        let _ = rx.wait_for(|l| *l).await;
+    }
+
     pub async fn shutdown(self) {
+        self.shared.stopping.store(true, Ordering::Relaxed);
         for _ in 0..8 {
             self.shared.shutdown.notify_waiters();
         }
-        for t in self.tasks {
+        let tasks: Vec<_> =
+            std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        for t in tasks {
+            t.abort();
+            let _ = t.await;
+        }
+        // The recovery task may have spawned more while we waited.
+        let late: Vec<_> =
+            std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        for t in late {
             t.abort();
             let _ = t.await;
         }
     }
 }
 
-/// Recovers from the store, binds the listeners and starts serving.
+/// Binds the listeners and serves `/metrics` and `/readyz` at once; then, in
+/// the background, recovers from the store (retrying with backoff while it is
+/// unreachable, `/readyz` saying why) and only then serves gRPC.
 pub async fn start(
-    mesh: &MeshConfig,
+    mesh: &Mesh,
     cfg: Config,
     store: Arc<dyn Store>,
     grpc_listen: SocketAddr,
@@ -284,33 +359,16 @@ pub async fn start(
         cfg.cell_size_km.is_finite() && cfg.cell_size_km > 0.0,
         "cell size must be > 0"
     );
-    let map = TerritoryMap::new(mesh)?;
-    let generation = store.begin_generation().await?;
-    let static_owners = map.static_owners().clone();
-    let authority = Authority::new(map.names(), static_owners, generation, cfg.lease);
-    let mut world = World::new(map, authority, cfg.cell_size_km);
-    let recovered = store.load_all().await?;
-    tracing::info!(
-        entities = recovered.len(),
-        generation,
-        store = store.name(),
-        "recovered from store"
-    );
-    for e in recovered {
-        world.load(e);
+    let gates = gate::Gates::new(&mesh.gates, &cfg.gate_peers)?;
+    if let Ok(step) = std::env::var(gate::CRASH_ENV) {
+        tracing::warn!(%step, "{} is set: this replicant will abort at that step (test-only fault injection)", gate::CRASH_ENV);
     }
+    let map = mesh.map.clone();
+    // A placeholder until recovery: nothing reads it before `loaded`.
+    let authority = Authority::new(map.names(), map.static_owners().clone(), 0, cfg.lease);
+    let world = World::new(map, authority, cfg.cell_size_km);
     let shared = Arc::new(Shared {
-        core: Mutex::new(Core {
-            world,
-            servers: HashMap::new(),
-            gateways: HashMap::new(),
-            players: HashMap::new(),
-            wb: WriteBehind::new(cfg.backlog_bound),
-            committed_tick: None,
-            tick_acks: HashMap::new(),
-            streaming_in: HashSet::new(),
-            next_conn: 0,
-        }),
+        core: Mutex::new(Core::new(world, cfg.backlog_bound)),
         metrics: Metrics::new(),
         store,
         cfg,
@@ -318,19 +376,92 @@ pub async fn start(
         shard: mesh.shard.clone(),
         commit_notify: Notify::new(),
         shutdown: Notify::new(),
-        store_ok: AtomicBool::new(true),
+        store_ok: AtomicBool::new(false),
+        stopping: AtomicBool::new(false),
+        gates,
+        loaded: watch::Sender::new(false),
     });
-    shared.metrics.store_up.set(1);
 
     let grpc = tokio::net::TcpListener::bind(grpc_listen).await?;
     let metrics = tokio::net::TcpListener::bind(metrics_listen).await?;
     let grpc_addr = grpc.local_addr()?;
     let metrics_addr = metrics.local_addr()?;
-    let tasks = vec![
+    let tasks =
+        Arc::new(Mutex::new(vec![tokio::spawn(service::serve_metrics(shared.clone(), metrics))]));
+    let recovery =
+        tokio::spawn(recover_then_serve(shared.clone(), mesh.map.clone(), grpc, tasks.clone()));
+    tasks.lock().unwrap_or_else(|p| p.into_inner()).push(recovery);
+    Ok(Running { grpc_addr, metrics_addr, shared, tasks })
+}
+
+/// Reads back everything committed, retrying until the store answers, then
+/// starts the clock, the committer and the gRPC services.
+async fn recover_then_serve(
+    shared: Arc<Shared>,
+    map: crate::territory::TerritoryMap,
+    grpc: tokio::net::TcpListener,
+    tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    let (generation, mut recovered, transfers) = loop {
+        let attempt = async {
+            let generation = shared.store.begin_generation().await?;
+            let entities = shared.store.load_all().await?;
+            let transfers = shared.store.gate_load().await?;
+            Ok::<_, crate::store::StoreError>((generation, entities, transfers))
+        };
+        match attempt.await {
+            Ok(r) => break r,
+            Err(e) => {
+                shared.metrics.store_up.set(0);
+                tracing::warn!(
+                    error = %e,
+                    retry_in_ms = backoff.as_millis() as u64,
+                    "not ready: cannot load the world from the store; not serving an empty world, retrying"
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shared.shutdown.notified() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    };
+    let started = std::time::Instant::now();
+    {
+        let mut core = shared.lock();
+        let authority =
+            Authority::new(map.names(), map.static_owners().clone(), generation, shared.cfg.lease);
+        core.world = World::new(map, authority, shared.cfg.cell_size_km);
+        // A gate transfer record is the truth about its entity: a row of the
+        // same id is the state it left with (or an older one a racing group
+        // commit wrote back), never a second copy.
+        let gone: HashSet<EntityId> = transfers.iter().map(|t| t.entity.id).collect();
+        recovered.retain(|e| !gone.contains(&e.id));
+        core.gates.outbound = transfers.into_iter().map(|t| (t.entity.id, t)).collect();
+        shared.metrics.gate_in_transit.set(core.gates.in_transit() as i64);
+        let n = recovered.len();
+        for e in recovered {
+            core.world.load(e);
+        }
+        tick::update_gauges(&shared, &core);
+        tracing::info!(
+            entities = n,
+            generation,
+            store = shared.store.name(),
+            index_ms = started.elapsed().as_millis() as u64,
+            "recovered from store; ready"
+        );
+    }
+    shared.metrics.store_up.set(1);
+    shared.store_ok.store(true, Ordering::Relaxed);
+    let spawned = [
         tokio::spawn(tick::run(shared.clone())),
         tokio::spawn(persistence::run_committer(shared.clone())),
         tokio::spawn(service::serve_grpc(shared.clone(), grpc)),
-        tokio::spawn(service::serve_metrics(shared.clone(), metrics)),
     ];
-    Ok(Running { grpc_addr, metrics_addr, shared, tasks })
+    tasks.lock().unwrap_or_else(|p| p.into_inner()).extend(spawned);
+    let resumed = gate::resume(&shared);
+    tasks.lock().unwrap_or_else(|p| p.into_inner()).extend(resumed);
+    shared.loaded.send_replace(true);
 }

@@ -1,9 +1,34 @@
 //! Write-behind persistence: each tick's changes are queued as one group,
 //! the committer commits everything queued as one store transaction, and only
-//! then are writers acknowledged (`Committed`). While the store is slow or
-//! down the queue grows up to `bound` entity changes; past that the replicant
-//! refuses new writes (loudly: metric, log, rejection reason) rather than
-//! dropping data or growing without limit.
+//! then are writers acknowledged (`Committed`, with the tick of that commit).
+//!
+//! # The framing: a continuously maintained snapshot, and the store's own log
+//!
+//! The store keeps **one row per entity** (its latest committed state), and
+//! every group commit (one tick, or several ticks coalesced while the store
+//! was slow) **upserts** the rows of the entities that changed, atomically,
+//! each row replaced only by a higher version. So the table *is* a snapshot,
+//! kept current at every commit rather than taken now and then. There is no
+//! separate starmesh log to append to and replay: the commit log is the
+//! store's own (redb's copy-on-write commit with fsync; PostgreSQL's WAL),
+//! which already makes each group atomic and durable before we acknowledge it.
+//! The in-memory queue below is only the not-yet-committed tail, and nothing
+//! in it has been acknowledged, so losing it in a crash loses nothing promised.
+//!
+//! Why this bounds recovery time: recovery is "read the current rows", with
+//! no log replay, so it costs O(entities stored), independent of how long the
+//! replicant ran or how many writes it absorbed (a hot entity written 30 times
+//! a second for a month is still one row). The store's own log replay (redb's
+//! recovery, PostgreSQL's crash recovery) is bounded by its own checkpoints.
+//! The benchmark measures it: `restart (…, kill -9 -> ready, all loaded)` in
+//! BENCHMARKS.md. The price is write amplification (a full entity state per
+//! changed entity per commit, not a delta), which group commit amortises.
+//!
+//! # Store trouble
+//!
+//! While the store is slow or down the queue grows up to `bound` entity
+//! changes; past that the replicant refuses new writes (loudly: metric, log,
+//! rejection reason) rather than dropping data or growing without limit.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -135,7 +160,7 @@ pub async fn run_committer(shared: Arc<super::Shared>) {
                 shared.metrics.store_backlog.set(core.wb.buffered() as i64);
                 for (conn, seq) in done.acks {
                     if let Some(s) = core.servers.get(&conn) {
-                        s.committed.send_replace(seq);
+                        s.committed.send_replace((seq, done.batch.tick));
                     }
                 }
             }

@@ -23,6 +23,9 @@ use super::interest::Subscription;
 use super::state::WriteOutcome;
 use super::{GatewayConn, Player, ServerConn, Shared};
 
+/// Minimum outbound queue of a server stream, in messages (see `session`).
+pub const SERVER_QUEUE_FLOOR: usize = 65_536;
+
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 #[derive(Clone)]
@@ -37,6 +40,10 @@ pub async fn serve_grpc(shared: Arc<Shared>, listener: tokio::net::TcpListener) 
         )
         .add_service(
             pb::gateway_link_server::GatewayLinkServer::new(svc.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            pb::gate_link_server::GateLinkServer::new(svc.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(
@@ -59,10 +66,9 @@ pub async fn serve_metrics(shared: Arc<Shared>, listener: tokio::net::TcpListene
         Router::new().route("/metrics", get(move || async move { s1.metrics.render() })).route(
             "/readyz",
             get(move || async move {
-                if s2.ready() {
-                    (StatusCode::OK, "ready")
-                } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "store unavailable or backlog full")
+                match s2.not_ready_reason() {
+                    None => (StatusCode::OK, "ready"),
+                    Some(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
                 }
             }),
         );
@@ -89,13 +95,17 @@ impl pb::server_link_server::ServerLink for Svc {
     ) -> Result<Response<Self::SessionStream>, Status> {
         let mut inbound = req.into_inner();
         let shared = self.0.clone();
-        let (tx, rx) = mpsc::channel(shared.cfg.queue_capacity);
-        let (committed_tx, committed_rx) = watch::channel(0u64);
+        // A grant queues one HandoffIn per entity of the territory at once (under
+        // the lock, so nobody drains meanwhile): the queue must hold a whole
+        // territory, or a takeover disconnects the very server it picked.
+        // Neighbourhood batches still use only `queue_capacity` of it (tick.rs).
+        let (tx, rx) = mpsc::channel(shared.cfg.queue_capacity.max(SERVER_QUEUE_FLOOR));
+        let (committed_tx, committed_rx) = watch::channel((0u64, 0u64));
         let kill = Arc::new(Notify::new());
         let out = ReceiverStream::new(rx);
         // `Committed` acks are coalesced in a watch channel: they can never fill the queue.
-        let acks = WatchStream::from_changes(committed_rx).map(|seq| {
-            Ok(pb::ReplicantMessage { msg: Some(Msg::Committed(pb::Committed { seq, tick: 0 })) })
+        let acks = WatchStream::from_changes(committed_rx).map(|(seq, tick)| {
+            Ok(pb::ReplicantMessage { msg: Some(Msg::Committed(pb::Committed { seq, tick })) })
         });
         let stream = futures::stream::select(out, acks);
         tokio::spawn(async move {
@@ -109,7 +119,7 @@ async fn server_session(
     shared: Arc<Shared>,
     inbound: &mut Streaming<pb::ServerMessage>,
     tx: super::ServerTx,
-    committed: watch::Sender<u64>,
+    committed: watch::Sender<(u64, u64)>,
     kill: Arc<Notify>,
 ) {
     let m = &shared.metrics;
@@ -183,8 +193,25 @@ async fn server_session(
                     }
                 }
             }
+            (ServerCommand::GateEnter(g), Some((conn, name))) => {
+                let (conn, name) = (*conn, name.clone());
+                super::gate::enter(&shared, &mut core, conn, &name, g);
+            }
             (ServerCommand::Write(w), Some((conn, name))) => {
                 let (conn, seq, id) = (*conn, w.seq, w.id);
+                if core.gates.fences(id) {
+                    // Left (or leaving) through a jump gate: a write must not
+                    // re-create it here (that would be a second copy).
+                    m.rejected_writes.with_label_values(&["gate_in_transit"]).inc();
+                    let r = pb::WriteRejected {
+                        seq,
+                        id,
+                        reason: pb::RejectReason::GateInTransit as i32,
+                        current_epoch: 0,
+                    };
+                    core.tick_rejections.entry(conn).or_default().add(r);
+                    continue;
+                }
                 if core.wb.is_full() {
                     m.rejected_writes.with_label_values(&["backlog_full"]).inc();
                     tracing::error!(
@@ -197,7 +224,7 @@ async fn server_session(
                         reason: pb::RejectReason::BacklogFull as i32,
                         current_epoch: 0,
                     };
-                    core.send_control(conn, Msg::Rejected(r), m);
+                    core.tick_rejections.entry(conn).or_default().add(r);
                     continue;
                 }
                 match core.world.apply_write(name, &w) {
@@ -225,7 +252,7 @@ async fn server_session(
                             reason: reason as i32,
                             current_epoch: current,
                         };
-                        core.send_control(conn, Msg::Rejected(r), m);
+                        core.tick_rejections.entry(conn).or_default().add(r);
                     }
                 }
             }
@@ -336,11 +363,13 @@ async fn gateway_session(
                     continue;
                 };
                 let entity = p.entity;
-                let owner = core
-                    .world
-                    .entity(entity)
-                    .and_then(|e| core.world.authority.grant(&e.territory))
-                    .and_then(|g| g.owner.clone());
+                let territory = match core.world.entity(entity) {
+                    Some(e) => e.territory.clone(),
+                    // Not created yet: the owner of the territory the player was
+                    // placed in is the one that may create it (e.g. a spawn).
+                    None => core.world.map.locate(p.sub.interest.center),
+                };
+                let owner = core.world.authority.grant(&territory).and_then(|g| g.owner.clone());
                 if let Some(server_conn) = owner.and_then(|o| core.world.authority.conn_of(&o)) {
                     let msg = Msg::PlayerInput(pb::PlayerInput {
                         player_id: player,
@@ -409,16 +438,30 @@ impl pb::admin_server::Admin for Svc {
         let players = super::tick::player_counts(&core);
         let mut resp = pb::CountsResponse {
             players: core.players.len() as u64,
-            entities: core.world.len() as u64,
+            entities: (core.world.len() + core.world.evicted_len()) as u64,
+            resident_entities: core.world.len() as u64,
+            evicted_entities: core.world.evicted_len() as u64,
+            in_transit_entities: core.gates.in_transit() as u64,
             ..Default::default()
         };
         for t in core.world.map.names() {
+            let c = entities.get(&t).copied().unwrap_or_default();
             resp.territories.push(pb::TerritoryCount {
                 players: players.get(&t).copied().unwrap_or(0),
-                entities: entities.get(&t).copied().unwrap_or(0),
+                entities: c.resident + c.evicted,
+                resident_entities: c.resident,
+                evicted_entities: c.evicted,
                 territory: t.to_string(),
             });
         }
         Ok(Response::new(resp))
+    }
+
+    async fn lookup(
+        &self,
+        req: Request<pb::LookupRequest>,
+    ) -> Result<Response<pb::LookupResponse>, Status> {
+        let id = req.into_inner().id;
+        Ok(Response::new(super::gate::lookup(&self.0.lock(), id)))
     }
 }

@@ -38,16 +38,31 @@ pub struct TickChanges {
     pub changed: Vec<Entity>,
 }
 
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct Meta {
-    last_write_tick: u64,
+    /// `None` for state read from the store (committed by definition), so
+    /// recovered and streamed-in entities can be evicted before any commit.
+    last_write_tick: Option<u64>,
     last_needed_tick: u64,
+    /// The server whose write was applied at `last_write_tick`.
+    writer: Option<ServerName>,
 }
 
-#[derive(Clone, Copy, Debug)]
+/// All an evicted entity keeps in memory: enough to fence a write to it and
+/// continue its version line, and (in `evicted_index`) its position, so a
+/// subscriber coming near can be noticed. Everything else is in the store.
+#[derive(Clone, Debug)]
 struct Evicted {
     version: u64,
     components_version: u64,
+    territory: TerritoryName,
+}
+
+/// Entities of one territory, in memory and evicted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Count {
+    pub resident: u64,
+    pub evicted: u64,
 }
 
 #[derive(Debug)]
@@ -63,6 +78,10 @@ pub struct World {
     evicted: HashMap<EntityId, Evicted>,
     evicted_index: GridIndex,
     tick: u64,
+    /// Entities that left through a gate during this tick after being written
+    /// in it: their last state still goes into this tick's group commit, so
+    /// every write acknowledged is in the store even if the gate record is not.
+    departing: Vec<Entity>,
 }
 
 impl World {
@@ -77,6 +96,7 @@ impl World {
             evicted: HashMap::new(),
             evicted_index: GridIndex::new(cell_size),
             tick: 0,
+            departing: Vec::new(),
         }
     }
 
@@ -109,19 +129,32 @@ impl World {
     pub fn load(&mut self, mut e: Entity) {
         e.territory = self.map.locate(e.position);
         self.index.upsert(e.id, e.position);
-        self.meta.insert(e.id, Meta { last_write_tick: 0, last_needed_tick: self.tick });
+        self.meta.insert(e.id, Meta { last_write_tick: None, last_needed_tick: self.tick, writer: None });
         self.entities.insert(e.id, e);
     }
 
     /// Applies a write if `server` holds the current epoch of the entity's
     /// territory (for a new entity: of the territory at its position).
     pub fn apply_write(&mut self, server: &str, w: &EntityWrite) -> WriteOutcome {
-        let territory = match self.entities.get(&w.id) {
-            Some(e) => e.territory.clone(),
-            None => self.map.locate(w.position),
+        let territory = match (self.entities.get(&w.id), self.evicted.get(&w.id)) {
+            (Some(e), _) => e.territory.clone(),
+            (None, Some(ev)) => ev.territory.clone(),
+            (None, None) => self.map.locate(w.position),
         };
         if let Err(f) = self.authority.check_write(&territory, server, w.epoch) {
             return WriteOutcome::Rejected(f);
+        }
+        // One server per entity per tick. A takeover (crash, lease expiry, a
+        // static owner reconnecting, a drain) moves authority at once, mid-tick,
+        // and the old owner may already have written the entity in this tick:
+        // the new owner's writes count from the next tick, or the entity would
+        // be stepped twice in one tick (found by `tests/authority_simulation.rs`).
+        if let Some(m) = self.meta.get(&w.id)
+            && m.last_write_tick == Some(self.tick)
+            && m.writer.as_deref().is_some_and(|s| s != server)
+        {
+            let current = self.authority.grant(&territory).map_or(0, |g| g.epoch);
+            return WriteOutcome::Rejected(Fence::NotOwner { current });
         }
         let e = match self.entities.get_mut(&w.id) {
             Some(e) => e,
@@ -162,8 +195,11 @@ impl World {
         self.dirty.insert(w.id);
         let tick = self.tick;
         let m = self.meta.entry(w.id).or_default();
-        m.last_write_tick = tick;
+        m.last_write_tick = Some(tick);
         m.last_needed_tick = m.last_needed_tick.max(tick);
+        if m.writer.as_deref() != Some(server) {
+            m.writer = Some(server.into());
+        }
         WriteOutcome::Applied { version }
     }
 
@@ -174,6 +210,7 @@ impl World {
         let tick = self.tick;
         self.tick += 1;
         let mut out = TickChanges { tick, ..Default::default() };
+        out.changed.append(&mut self.departing);
         for id in std::mem::take(&mut self.dirty) {
             let Some(e) = self.entities.get_mut(&id) else { continue };
             let to = self.map.locate(e.position);
@@ -198,6 +235,25 @@ impl World {
         out
     }
 
+    /// Resident or evicted: this world holds the entity.
+    pub fn contains(&self, id: EntityId) -> bool {
+        self.entities.contains_key(&id) || self.evicted.contains_key(&id)
+    }
+
+    /// Takes a resident entity out of the world for a jump gate: no territory,
+    /// no subscription and no server has it any more (subscribers see it
+    /// leave). If it was written this tick, that state still reaches the store
+    /// with this tick's group.
+    pub fn remove_for_gate(&mut self, id: EntityId) -> Option<Entity> {
+        let e = self.entities.remove(&id)?;
+        self.index.remove(id);
+        self.meta.remove(&id);
+        if self.dirty.remove(&id) {
+            self.departing.push(e.clone());
+        }
+        Some(e)
+    }
+
     /// Records that subscriptions currently need these entities.
     pub fn mark_needed(&mut self, ids: &[EntityId]) {
         for id in ids {
@@ -210,14 +266,13 @@ impl World {
     /// Evicts entities nobody has needed for `idle_ticks` whose latest state
     /// is committed (written at or before `committed_tick`). Returns their ids.
     pub fn evict_idle(&mut self, idle_ticks: u64, committed_tick: Option<u64>) -> Vec<EntityId> {
-        let Some(committed) = committed_tick else { return Vec::new() };
         let now = self.tick;
         let victims: Vec<EntityId> = self
             .meta
             .iter()
             .filter(|(id, m)| {
                 m.last_needed_tick + idle_ticks < now
-                    && m.last_write_tick <= committed
+                    && m.last_write_tick.is_none_or(|w| committed_tick.is_some_and(|c| w <= c))
                     && !self.dirty.contains(id)
             })
             .map(|(id, _)| *id)
@@ -229,7 +284,11 @@ impl World {
                 self.evicted_index.upsert(*id, e.position);
                 self.evicted.insert(
                     *id,
-                    Evicted { version: e.version, components_version: e.components_version },
+                    Evicted {
+                        version: e.version,
+                        components_version: e.components_version,
+                        territory: e.territory,
+                    },
                 );
             }
         }
@@ -241,28 +300,40 @@ impl World {
         self.evicted_index.query(center, radius, out);
     }
 
-    /// Brings entities loaded from the store back into memory. An entity
-    /// written meanwhile (no longer evicted) keeps its newer in-memory state.
-    pub fn stream_in(&mut self, loaded: Vec<Entity>) -> usize {
-        let mut n = 0;
-        for e in loaded {
-            if self.evicted.remove(&e.id).is_none() {
-                continue;
-            }
-            self.evicted_index.remove(e.id);
-            self.load(e);
-            n += 1;
-        }
-        n
+    /// Evicted entities of a territory (a new owner needs them back).
+    pub fn evicted_in(&self, territory: &str, out: &mut Vec<EntityId>) {
+        out.extend(
+            self.evicted.iter().filter(|(_, e)| &*e.territory == territory).map(|(id, _)| *id),
+        );
     }
 
-    /// Entity counts per territory (in memory plus evicted would need the
-    /// store; this counts what is loaded).
-    pub fn counts_per_territory(&self) -> HashMap<TerritoryName, u64> {
-        let mut m: HashMap<TerritoryName, u64> =
-            self.map.names().into_iter().map(|t| (t, 0)).collect();
+    /// Brings entities loaded from the store back into memory, exactly as
+    /// they were committed (territory included, so authority does not move).
+    /// An entity written meanwhile (no longer evicted) keeps its newer
+    /// in-memory state. Returns the ids brought back.
+    pub fn stream_in(&mut self, loaded: Vec<Entity>) -> Vec<EntityId> {
+        let mut back = Vec::new();
+        for e in loaded {
+            let Some(ev) = self.evicted.remove(&e.id) else { continue };
+            self.evicted_index.remove(e.id);
+            let id = e.id;
+            self.index.upsert(id, e.position);
+            self.meta.insert(id, Meta { last_write_tick: None, last_needed_tick: self.tick, writer: None });
+            self.entities.insert(id, Entity { territory: ev.territory, ..e });
+            back.push(id);
+        }
+        back
+    }
+
+    /// Entity counts per territory, resident and evicted.
+    pub fn counts_per_territory(&self) -> HashMap<TerritoryName, Count> {
+        let mut m: HashMap<TerritoryName, Count> =
+            self.map.names().into_iter().map(|t| (t, Count::default())).collect();
         for e in self.entities.values() {
-            *m.entry(e.territory.clone()).or_default() += 1;
+            m.entry(e.territory.clone()).or_default().resident += 1;
+        }
+        for e in self.evicted.values() {
+            m.entry(e.territory.clone()).or_default().evicted += 1;
         }
         m
     }
@@ -275,11 +346,11 @@ impl World {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::territory::{TerritoryMap, builtin_test_config};
+    use crate::territory::tests::sol_map;
     use std::time::{Duration, Instant};
 
     pub(crate) fn world_with(servers: &[&str]) -> World {
-        let map = TerritoryMap::new(&builtin_test_config()).unwrap();
+        let map = sol_map();
         let mut auth =
             Authority::new(map.names(), map.static_owners().clone(), 1, Duration::from_secs(3));
         for (i, s) in servers.iter().enumerate() {
@@ -303,9 +374,7 @@ pub(crate) mod tests {
 
     #[test]
     fn handoff_happens_at_tick_boundary_to_new_owner() {
-        let mut st = builtin_test_config();
-        st.static_owners.insert("s-moon".into(), vec!["moon".into()]);
-        let map = TerritoryMap::new(&st).unwrap();
+        let map = sol_map();
         let mut auth =
             Authority::new(map.names(), map.static_owners().clone(), 1, Duration::from_secs(3));
         auth.connect("s-earth".into(), 1, Instant::now());
@@ -338,6 +407,31 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn gate_removal_still_commits_the_ticks_last_write() {
+        let mut w = world_with(&["s1"]);
+        let p = Vec3::new(0.0, 0.0, 0.0);
+        let wr = write(&w, 9, p, "deep-space");
+        w.apply_write("s1", &wr);
+        // Left through a gate in the same tick it was written: the write was
+        // (or will be) acknowledged, so its state must reach the group commit.
+        let gone = w.remove_for_gate(9).unwrap();
+        assert!(!w.contains(9) && w.entity(9).is_none());
+        let mut near = vec![];
+        w.index.query(p, 1.0, &mut near);
+        assert!(near.is_empty(), "subscribers see it leave");
+        let t = w.end_tick();
+        assert_eq!(t.changed, vec![gone]);
+        assert!(w.end_tick().changed.is_empty());
+        // Not written this tick: nothing extra to commit.
+        let wr = write(&w, 10, p, "deep-space");
+        w.apply_write("s1", &wr);
+        w.end_tick();
+        w.remove_for_gate(10).unwrap();
+        assert!(w.end_tick().changed.is_empty());
+        assert_eq!(w.remove_for_gate(10), None);
+    }
+
+    #[test]
     fn eviction_and_stream_in_keep_version_line() {
         let mut w = world_with(&["s1"]);
         let p = Vec3::new(0.0, 0.0, 0.0);
@@ -354,8 +448,15 @@ pub(crate) mod tests {
         let mut near = vec![];
         w.evicted_near(p, 1.0, &mut near);
         assert_eq!(near, vec![1]);
-        assert_eq!(w.stream_in(ch.changed.clone()), 1);
+        assert_eq!(w.stream_in(ch.changed.clone()), vec![1]);
+        assert_eq!(w.entity(1), ch.changed.first(), "streamed back exactly as committed");
         assert_eq!(w.entity(1).unwrap().version, 1);
+        // Streamed-in (like recovered) state is committed: evictable before any new commit.
+        for _ in 0..5 {
+            w.end_tick();
+        }
+        assert_eq!(w.evict_idle(2, None), vec![1]);
+        assert_eq!(w.stream_in(ch.changed.clone()), vec![1]);
         // Evict again, then a write continues the version line without loading.
         for _ in 0..5 {
             w.end_tick();
@@ -365,7 +466,7 @@ pub(crate) mod tests {
         assert_eq!(w.apply_write("s1", &wr), WriteOutcome::Applied { version: 2 });
         assert_eq!(
             w.stream_in(ch.changed),
-            0,
+            Vec::<EntityId>::new(),
             "stale store copy must not overwrite the newer write"
         );
     }

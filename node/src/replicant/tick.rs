@@ -70,6 +70,8 @@ pub fn step(shared: &Shared, core: &mut Core, now: Instant) -> Vec<EntityId> {
         shared.commit_notify.notify_one();
     }
 
+    send_rejections(core, changes.tick, m);
+
     let (expired, auth_changes) = core.world.authority.expire(now);
     for (name, conn) in expired {
         tracing::warn!(server = %name, "heartbeat lease expired; territories reassigned");
@@ -96,7 +98,10 @@ pub fn step(shared: &Shared, core: &mut Core, now: Instant) -> Vec<EntityId> {
         if plan.is_empty() {
             continue;
         }
-        if s.tx.capacity() <= CONTROL_HEADROOM {
+        // Only `queue_capacity` slots may hold neighbourhood batches; the rest of
+        // the (larger) server queue is for control messages such as grants.
+        let queued = s.tx.max_capacity() - s.tx.capacity();
+        if queued + CONTROL_HEADROOM >= cfg.queue_capacity {
             m.subscriber_deferred_ticks.inc();
             s.slow_ticks += 1;
             if s.slow_ticks > slow_limit {
@@ -167,8 +172,47 @@ pub fn step(shared: &Shared, core: &mut Core, now: Instant) -> Vec<EntityId> {
         update_gauges(shared, core);
     }
 
+    wanted.append(&mut core.stream_in_wanted);
     wanted.retain(|id| core.streaming_in.insert(*id));
     wanted
+}
+
+/// One `WritesRejected` per server per tick. A full queue keeps the summary
+/// for the next tick instead of disconnecting the server: rejections are the
+/// server's own doing, and its memory here is bounded by the sample size.
+///
+/// Each sample's `current_epoch` is re-read now, not kept from when the write
+/// was refused: a server compares it with what it holds when the summary
+/// arrives, which includes every grant and handoff sent before the summary
+/// (this tick's handoffs among them). An epoch from refusal time can be older
+/// than a handoff-in the server already has, and make it drop an entity it
+/// now rightly holds, which nobody would then simulate (found by
+/// `tests/authority_simulation.rs`).
+fn send_rejections(core: &mut Core, tick: u64, m: &super::metrics::Metrics) {
+    let Core { tick_rejections, servers, world, .. } = core;
+    tick_rejections.retain(|conn, r| {
+        let Some(s) = servers.get(conn) else { return false };
+        let mut summary = r.to_pb(tick);
+        for f in &mut summary.first {
+            let fenced = f.reason == pb::RejectReason::StaleEpoch as i32
+                || f.reason == pb::RejectReason::NotOwner as i32;
+            if fenced && let Some(e) = world.entity(f.id) {
+                f.current_epoch = world.authority.grant(&e.territory).map_or(0, |g| g.epoch);
+            }
+        }
+        let msg = pb::ReplicantMessage { msg: Some(Msg::Rejected(summary)) };
+        let len = msg.encoded_len();
+        match s.tx.try_send(Ok(msg)) {
+            Ok(()) => {
+                m.count("server", "out", len);
+                false
+            }
+            Err(_) => {
+                m.rejection_summaries_deferred.inc();
+                true
+            }
+        }
+    });
 }
 
 async fn stream_in(shared: Arc<Shared>, ids: Vec<EntityId>) {
@@ -179,19 +223,42 @@ async fn stream_in(shared: Arc<Shared>, ids: Vec<EntityId>) {
     }
     match loaded {
         Ok(entities) => {
-            let n = core.world.stream_in(entities);
-            shared.metrics.stream_ins.inc_by(n as u64);
+            let loaded = core.world.stream_in(entities);
+            shared.metrics.stream_ins.inc_by(loaded.len() as u64);
+            // The territory's owner resumes simulating it, exactly as after a handoff.
+            let tick = core.world.tick();
+            for id in loaded {
+                let Some(e) = core.world.entity(id) else { continue };
+                let Some(g) = core.world.authority.grant(&e.territory) else { continue };
+                let Some(conn) = g.owner.as_deref().and_then(|o| core.world.authority.conn_of(o))
+                else {
+                    continue;
+                };
+                let h = pb::EntityHandoff {
+                    entity: Some(entity_to_pb(e)),
+                    from_territory: e.territory.to_string(),
+                    to_territory: e.territory.to_string(),
+                    epoch: g.epoch,
+                    tick,
+                };
+                core.send_control(conn, Msg::HandoffIn(h), &shared.metrics);
+            }
         }
-        // Left evicted; the next tick that needs them asks again.
-        Err(e) => tracing::warn!(error = %e, "stream-in from store failed"),
+        // Left evicted. A subscriber's need is noticed again next tick; a
+        // takeover's is not, so those ids are asked for again too.
+        Err(e) => {
+            tracing::warn!(error = %e, "stream-in from store failed; retrying");
+            core.stream_in_wanted.extend_from_slice(&ids);
+        }
     }
 }
 
 pub fn update_gauges(shared: &Shared, core: &Core) {
     let m = &shared.metrics;
     let (sys, shard) = (shared.system.as_str(), shared.shard.as_str());
-    for (t, n) in core.world.counts_per_territory() {
-        m.entities.with_label_values(&[sys, shard, &t]).set(n as i64);
+    for (t, c) in core.world.counts_per_territory() {
+        m.entities.with_label_values(&[sys, shard, &t, "resident"]).set(c.resident as i64);
+        m.entities.with_label_values(&[sys, shard, &t, "evicted"]).set(c.evicted as i64);
     }
     for (t, n) in player_counts(core) {
         m.players.with_label_values(&[sys, shard, &t]).set(n as i64);

@@ -8,11 +8,18 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{CommitBatch, Store, StoreError, decode, encode};
+use super::{
+    Arrived, CommitBatch, Outbound, OutboundPhase, Store, StoreError, decode, decode_outbound,
+    encode, encode_outbound,
+};
 use crate::model::{Entity, EntityId};
 
 const ENTITIES: TableDefinition<u64, &[u8]> = TableDefinition::new("entities");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Jump-gate transfers started here: entity id -> phase byte + `GateTransferRecord`.
+const GATE_OUT: TableDefinition<u64, &[u8]> = TableDefinition::new("gate_outbound");
+/// Jump-gate transfers applied here (the idempotency table): transfer id -> entity id.
+const GATE_ARRIVALS: TableDefinition<&str, u64> = TableDefinition::new("gate_arrivals");
 
 pub struct EmbeddedStore {
     db: Arc<Database>,
@@ -29,6 +36,8 @@ impl EmbeddedStore {
         let tx = db.begin_write().map_err(unavailable)?;
         tx.open_table(ENTITIES).map_err(unavailable)?;
         tx.open_table(META).map_err(unavailable)?;
+        tx.open_table(GATE_OUT).map_err(unavailable)?;
+        tx.open_table(GATE_ARRIVALS).map_err(unavailable)?;
         tx.commit().map_err(unavailable)?;
         Ok(Self { db: Arc::new(db) })
     }
@@ -119,6 +128,149 @@ impl Store for EmbeddedStore {
     fn name(&self) -> &'static str {
         "embedded"
     }
+
+    async fn gate_depart(&self, t: &Outbound) -> Result<(), StoreError> {
+        let (id, version) = (t.entity.id, t.entity.version);
+        let mut row = vec![OutboundPhase::InTransit.code()];
+        row.extend(encode_outbound(t));
+        self.blocking(move |db| {
+            let tx = db.begin_write().map_err(unavailable)?;
+            {
+                let mut out = tx.open_table(GATE_OUT).map_err(unavailable)?;
+                out.insert(id, row.as_slice()).map_err(unavailable)?;
+                let mut ents = tx.open_table(ENTITIES).map_err(unavailable)?;
+                let older = match ents.get(id).map_err(unavailable)? {
+                    Some(old) => decode(old.value())?.version <= version,
+                    None => false,
+                };
+                if older {
+                    ents.remove(id).map_err(unavailable)?;
+                }
+            }
+            tx.commit().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn gate_departed(&self, id: EntityId, transfer_id: &str) -> Result<(), StoreError> {
+        let transfer_id = transfer_id.to_string();
+        self.blocking(move |db| {
+            let tx = db.begin_write().map_err(unavailable)?;
+            {
+                let mut out = tx.open_table(GATE_OUT).map_err(unavailable)?;
+                let current = out.get(id).map_err(unavailable)?.map(|v| v.value().to_vec());
+                if let Some(mut row) = current
+                    && let Some((_, rec)) = row.split_first()
+                    && *decode_outbound(i64::from(OutboundPhase::InTransit.code()), rec)?
+                        .transfer_id
+                        == *transfer_id
+                {
+                    row[0] = OutboundPhase::Departed.code();
+                    out.insert(id, row.as_slice()).map_err(unavailable)?;
+                }
+            }
+            tx.commit().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn gate_return(&self, transfer_id: &str, entity: &Entity) -> Result<(), StoreError> {
+        let transfer_id = transfer_id.to_string();
+        let (id, version, bytes) = (entity.id, entity.version, encode(entity));
+        self.blocking(move |db| {
+            let tx = db.begin_write().map_err(unavailable)?;
+            {
+                let mut out = tx.open_table(GATE_OUT).map_err(unavailable)?;
+                let current = match out.get(id).map_err(unavailable)? {
+                    Some(v) => match v.value().split_first() {
+                        Some((phase, rec)) => {
+                            Some(decode_outbound(i64::from(*phase), rec)?.transfer_id)
+                        }
+                        None => return Err(StoreError::Corrupt("empty gate record".into())),
+                    },
+                    None => None,
+                };
+                // Only the transfer that is still current may bring the entity
+                // back; anything else was overtaken (the entity arrived back here).
+                if current.as_deref() == Some(transfer_id.as_str()) {
+                    out.remove(id).map_err(unavailable)?;
+                    upsert(&tx, id, version, &bytes)?;
+                }
+            }
+            tx.commit().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn gate_arrive(&self, transfer_id: &str, entity: &Entity) -> Result<Arrived, StoreError> {
+        let transfer_id = transfer_id.to_string();
+        let (id, version, bytes) = (entity.id, entity.version, encode(entity));
+        self.blocking(move |db| {
+            let tx = db.begin_write().map_err(unavailable)?;
+            let arrived = {
+                let mut arrivals = tx.open_table(GATE_ARRIVALS).map_err(unavailable)?;
+                if arrivals.get(transfer_id.as_str()).map_err(unavailable)?.is_some() {
+                    Arrived::Replayed
+                } else {
+                    arrivals.insert(transfer_id.as_str(), id).map_err(unavailable)?;
+                    upsert(&tx, id, version, &bytes)?;
+                    tx.open_table(GATE_OUT)
+                        .map_err(unavailable)?
+                        .remove(id)
+                        .map_err(unavailable)?;
+                    Arrived::Inserted
+                }
+            };
+            tx.commit().map_err(unavailable)?;
+            Ok(arrived)
+        })
+        .await
+    }
+
+    async fn gate_arrival_seen(&self, transfer_id: &str) -> Result<bool, StoreError> {
+        let transfer_id = transfer_id.to_string();
+        self.blocking(move |db| {
+            let tx = db.begin_read().map_err(unavailable)?;
+            let t = tx.open_table(GATE_ARRIVALS).map_err(unavailable)?;
+            Ok(t.get(transfer_id.as_str()).map_err(unavailable)?.is_some())
+        })
+        .await
+    }
+
+    async fn gate_load(&self) -> Result<Vec<Outbound>, StoreError> {
+        self.blocking(|db| {
+            let tx = db.begin_read().map_err(unavailable)?;
+            let t = tx.open_table(GATE_OUT).map_err(unavailable)?;
+            let mut out = Vec::new();
+            for row in t.iter().map_err(unavailable)? {
+                let (_, v) = row.map_err(unavailable)?;
+                let Some((phase, rec)) = v.value().split_first() else {
+                    return Err(StoreError::Corrupt("empty gate record".into()));
+                };
+                out.push(decode_outbound(i64::from(*phase), rec)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+/// Writes an entity row unless a newer version is stored (inside `tx`).
+fn upsert(
+    tx: &redb::WriteTransaction,
+    id: u64,
+    version: u64,
+    bytes: &[u8],
+) -> Result<(), StoreError> {
+    let mut t = tx.open_table(ENTITIES).map_err(unavailable)?;
+    let newer = match t.get(id).map_err(unavailable)? {
+        Some(old) => decode(old.value())?.version < version,
+        None => true,
+    };
+    if newer {
+        t.insert(id, bytes).map_err(unavailable)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -10,7 +10,10 @@ use async_trait::async_trait;
 use tokio::sync::Mutex;
 use tokio_postgres::{Client, NoTls};
 
-use super::{CommitBatch, Store, StoreError, decode, encode};
+use super::{
+    Arrived, CommitBatch, Outbound, OutboundPhase, Store, StoreError, decode, decode_outbound,
+    encode, encode_outbound,
+};
 use crate::model::{Entity, EntityId};
 
 const SCHEMA: &str = "
@@ -22,6 +25,16 @@ CREATE TABLE IF NOT EXISTS starmesh_entities (
 CREATE TABLE IF NOT EXISTS starmesh_meta (
     key TEXT PRIMARY KEY,
     value BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS starmesh_gate_outbound (
+    entity_id BIGINT PRIMARY KEY,
+    transfer_id TEXT NOT NULL,
+    phase SMALLINT NOT NULL,
+    record BYTEA NOT NULL
+);
+CREATE TABLE IF NOT EXISTS starmesh_gate_arrivals (
+    transfer_id TEXT PRIMARY KEY,
+    entity_id BIGINT NOT NULL
 );";
 
 const UPSERT: &str = "
@@ -45,15 +58,11 @@ fn to_sql(v: u64) -> i64 {
 }
 
 impl PostgresStore {
-    /// Connects and creates the schema; fails if the server is unreachable
-    /// (startup should fail loudly rather than serve without a store).
-    pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let s = Self { url: url.to_string(), client: Mutex::new(None) };
-        s.with_client(|c| {
-            Box::pin(async move { c.batch_execute(SCHEMA).await.map_err(unavailable) })
-        })
-        .await?;
-        Ok(s)
+    /// Connects lazily, on first use: a server that is down when the
+    /// replicant starts is waited for (the replicant retries and reports
+    /// itself not ready) rather than failing the process.
+    pub fn new(url: &str) -> Self {
+        Self { url: url.to_string(), client: Mutex::new(None) }
     }
 
     async fn with_client<T>(
@@ -69,6 +78,9 @@ impl PostgresStore {
                     tracing::warn!(error = %e, "postgres connection ended");
                 }
             });
+            // Every new connection makes sure the schema exists (idempotent,
+            // cheap), so the store works against a fresh database too.
+            client.batch_execute(SCHEMA).await.map_err(unavailable)?;
             *guard = Some(client);
         }
         let Some(client) = guard.as_mut() else {
@@ -153,5 +165,149 @@ impl Store for PostgresStore {
 
     fn name(&self) -> &'static str {
         "postgres"
+    }
+
+    async fn gate_depart(&self, t: &Outbound) -> Result<(), StoreError> {
+        let id = to_sql(t.entity.id);
+        let version = to_sql(t.entity.version);
+        let transfer_id = t.transfer_id.to_string();
+        let phase = i16::from(OutboundPhase::InTransit.code());
+        let record = encode_outbound(t);
+        self.with_client(move |c| {
+            Box::pin(async move {
+                let tx = c.transaction().await.map_err(unavailable)?;
+                tx.execute(
+                    "INSERT INTO starmesh_gate_outbound (entity_id, transfer_id, phase, record)
+                     VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (entity_id) DO UPDATE SET transfer_id = excluded.transfer_id,
+                       phase = excluded.phase, record = excluded.record",
+                    &[&id, &transfer_id, &phase, &record],
+                )
+                .await
+                .map_err(unavailable)?;
+                tx.execute(
+                    "DELETE FROM starmesh_entities WHERE id = $1 AND version <= $2",
+                    &[&id, &version],
+                )
+                .await
+                .map_err(unavailable)?;
+                tx.commit().await.map_err(unavailable)
+            })
+        })
+        .await
+    }
+
+    async fn gate_departed(&self, id: EntityId, transfer_id: &str) -> Result<(), StoreError> {
+        let id = to_sql(id);
+        let transfer_id = transfer_id.to_string();
+        let phase = i16::from(OutboundPhase::Departed.code());
+        self.with_client(move |c| {
+            Box::pin(async move {
+                c.execute(
+                    "UPDATE starmesh_gate_outbound SET phase = $3
+                     WHERE entity_id = $1 AND transfer_id = $2",
+                    &[&id, &transfer_id, &phase],
+                )
+                .await
+                .map_err(unavailable)?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn gate_return(&self, transfer_id: &str, entity: &Entity) -> Result<(), StoreError> {
+        let id = to_sql(entity.id);
+        let version = to_sql(entity.version);
+        let state = encode(entity);
+        let transfer_id = transfer_id.to_string();
+        self.with_client(move |c| {
+            Box::pin(async move {
+                let tx = c.transaction().await.map_err(unavailable)?;
+                // Only the transfer that is still current may bring the entity
+                // back; anything else was overtaken (it arrived back here).
+                let n = tx
+                    .execute(
+                        "DELETE FROM starmesh_gate_outbound WHERE entity_id = $1 AND transfer_id = $2",
+                        &[&id, &transfer_id],
+                    )
+                    .await
+                    .map_err(unavailable)?;
+                if n > 0 {
+                    tx.execute(UPSERT, &[&vec![id], &vec![version], &vec![state]])
+                        .await
+                        .map_err(unavailable)?;
+                }
+                tx.commit().await.map_err(unavailable)
+            })
+        })
+        .await
+    }
+
+    async fn gate_arrive(&self, transfer_id: &str, entity: &Entity) -> Result<Arrived, StoreError> {
+        let id = to_sql(entity.id);
+        let version = to_sql(entity.version);
+        let state = encode(entity);
+        let transfer_id = transfer_id.to_string();
+        self.with_client(move |c| {
+            Box::pin(async move {
+                let tx = c.transaction().await.map_err(unavailable)?;
+                // The primary key on the transfer id is the idempotency check:
+                // a retry inserts no row and so writes nothing else either.
+                let n = tx
+                    .execute(
+                        "INSERT INTO starmesh_gate_arrivals (transfer_id, entity_id) VALUES ($1, $2)
+                         ON CONFLICT (transfer_id) DO NOTHING",
+                        &[&transfer_id, &id],
+                    )
+                    .await
+                    .map_err(unavailable)?;
+                if n == 0 {
+                    tx.commit().await.map_err(unavailable)?;
+                    return Ok(Arrived::Replayed);
+                }
+                tx.execute(UPSERT, &[&vec![id], &vec![version], &vec![state]])
+                    .await
+                    .map_err(unavailable)?;
+                tx.execute("DELETE FROM starmesh_gate_outbound WHERE entity_id = $1", &[&id])
+                    .await
+                    .map_err(unavailable)?;
+                tx.commit().await.map_err(unavailable)?;
+                Ok(Arrived::Inserted)
+            })
+        })
+        .await
+    }
+
+    async fn gate_arrival_seen(&self, transfer_id: &str) -> Result<bool, StoreError> {
+        let transfer_id = transfer_id.to_string();
+        self.with_client(move |c| {
+            Box::pin(async move {
+                let rows = c
+                    .query(
+                        "SELECT 1 FROM starmesh_gate_arrivals WHERE transfer_id = $1",
+                        &[&transfer_id],
+                    )
+                    .await
+                    .map_err(unavailable)?;
+                Ok(!rows.is_empty())
+            })
+        })
+        .await
+    }
+
+    async fn gate_load(&self) -> Result<Vec<Outbound>, StoreError> {
+        self.with_client(|c| {
+            Box::pin(async move {
+                let rows = c
+                    .query("SELECT phase, record FROM starmesh_gate_outbound", &[])
+                    .await
+                    .map_err(unavailable)?;
+                rows.iter()
+                    .map(|r| decode_outbound(i64::from(r.get::<_, i16>(0)), r.get::<_, &[u8]>(1)))
+                    .collect()
+            })
+        })
+        .await
     }
 }

@@ -114,6 +114,69 @@ pub enum ServerCommand {
     Heartbeat,
     Write(EntityWrite),
     Neighbourhood(Option<Interest>),
+    GateEnter(GateEnter),
+}
+
+/// A validated `GateEnter` (see `server_link.proto`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GateEnter {
+    pub seq: u64,
+    pub epoch: u64,
+    pub id: EntityId,
+    pub gate: Arc<str>,
+}
+
+pub fn gate_enter(g: pb::GateEnter) -> Result<GateEnter> {
+    if g.id == 0 {
+        return Err(WireError::Missing("gate_enter.id"));
+    }
+    Ok(GateEnter {
+        seq: g.seq,
+        epoch: g.epoch,
+        id: g.id,
+        gate: text(&g.gate, "gate_enter.gate", false)?,
+    })
+}
+
+/// Long enough for `<system>/<shard>/<id>@<version>` (63 + 64 + 2 * 20 + 3).
+pub const MAX_TRANSFER_ID_LEN: usize = 192;
+
+/// A validated `ArriveRequest` (see `gate_link.proto`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Arrival {
+    pub transfer_id: Arc<str>,
+    pub source_system: Arc<str>,
+    pub source_gate: Arc<str>,
+    pub target_gate: Arc<str>,
+    pub entity: Entity,
+}
+
+/// Transfer ids are keys in both stores and in logs: printable ASCII only.
+pub fn transfer_id(s: &str, field: &'static str) -> Result<Arc<str>> {
+    if s.len() > MAX_TRANSFER_ID_LEN {
+        return Err(WireError::TooLong { field, len: s.len(), max: MAX_TRANSFER_ID_LEN });
+    }
+    if s.is_empty() {
+        return Err(WireError::Missing(field));
+    }
+    if !s.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(WireError::OutOfRange(field));
+    }
+    Ok(Arc::from(s))
+}
+
+pub fn arrive_request(r: pb::ArriveRequest) -> Result<Arrival> {
+    let entity = entity_from_pb(r.entity.ok_or(WireError::Missing("arrive.entity"))?)?;
+    if entity.id == 0 {
+        return Err(WireError::Missing("arrive.entity.id"));
+    }
+    Ok(Arrival {
+        transfer_id: transfer_id(&r.transfer_id, "arrive.transfer_id")?,
+        source_system: text(&r.source_system, "arrive.source_system", false)?,
+        source_gate: text(&r.source_gate, "arrive.source_gate", false)?,
+        target_gate: text(&r.target_gate, "arrive.target_gate", false)?,
+        entity,
+    })
 }
 
 pub fn server_message(m: pb::ServerMessage) -> Result<ServerCommand> {
@@ -125,6 +188,7 @@ pub fn server_message(m: pb::ServerMessage) -> Result<ServerCommand> {
         Msg::Heartbeat(_) => Ok(ServerCommand::Heartbeat),
         Msg::Write(w) => Ok(ServerCommand::Write(entity_write(w)?)),
         Msg::Neighbourhood(i) => Ok(ServerCommand::Neighbourhood(interest(&i)?)),
+        Msg::GateEnter(g) => Ok(ServerCommand::GateEnter(gate_enter(g)?)),
     }
 }
 
@@ -243,6 +307,69 @@ mod tests {
         assert_eq!(interest(&i), Err(WireError::NotFinite("interest.radius")));
         let i = pb::Interest { center: Some(pb::Vec3::default()), radius: -1.0 };
         assert_eq!(interest(&i), Err(WireError::OutOfRange("interest.radius")));
+    }
+
+    fn good_arrival() -> pb::ArriveRequest {
+        pb::ArriveRequest {
+            transfer_id: "alpha/0/5@3".into(),
+            source_system: "alpha".into(),
+            source_gate: "alpha-beta".into(),
+            target_gate: "beta-alpha".into(),
+            entity: Some(entity_to_pb(&Entity {
+                id: 5,
+                kind: 1,
+                position: Vec3::new(1.0, 2.0, 3.0),
+                velocity: Vec3::default(),
+                location: "".into(),
+                version: 3,
+                components: Bytes::from_static(b"c"),
+                components_version: 1,
+                territory: "t".into(),
+            })),
+        }
+    }
+
+    #[test]
+    fn gate_messages_are_validated() {
+        let g = pb::GateEnter { seq: 1, epoch: 2, id: 5, gate: "alpha-beta".into() };
+        let ok = gate_enter(g.clone()).unwrap();
+        assert_eq!((ok.id, &*ok.gate), (5, "alpha-beta"));
+        assert_eq!(
+            gate_enter(pb::GateEnter { id: 0, ..g.clone() }),
+            Err(WireError::Missing("gate_enter.id"))
+        );
+        assert_eq!(
+            gate_enter(pb::GateEnter { gate: String::new(), ..g.clone() }),
+            Err(WireError::Missing("gate_enter.gate"))
+        );
+        assert!(matches!(
+            gate_enter(pb::GateEnter { gate: "g".repeat(65), ..g }),
+            Err(WireError::TooLong { .. })
+        ));
+
+        assert_eq!(arrive_request(good_arrival()).unwrap().entity.id, 5);
+        let mut r = good_arrival();
+        r.entity = None;
+        assert_eq!(arrive_request(r), Err(WireError::Missing("arrive.entity")));
+        let mut r = good_arrival();
+        r.transfer_id = "a b".into();
+        assert_eq!(arrive_request(r), Err(WireError::OutOfRange("arrive.transfer_id")));
+        let mut r = good_arrival();
+        r.transfer_id = "x".repeat(MAX_TRANSFER_ID_LEN + 1);
+        assert!(matches!(arrive_request(r), Err(WireError::TooLong { .. })));
+        let mut r = good_arrival();
+        r.target_gate = String::new();
+        assert_eq!(arrive_request(r), Err(WireError::Missing("arrive.target_gate")));
+        let mut r = good_arrival();
+        if let Some(e) = r.entity.as_mut() {
+            e.position = Some(pb::Vec3 { x: f64::NAN, y: 0.0, z: 0.0 });
+        }
+        assert_eq!(arrive_request(r), Err(WireError::NotFinite("entity.position")));
+        let mut r = good_arrival();
+        if let Some(e) = r.entity.as_mut() {
+            e.id = 0;
+        }
+        assert_eq!(arrive_request(r), Err(WireError::Missing("arrive.entity.id")));
     }
 
     #[test]

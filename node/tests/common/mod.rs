@@ -1,18 +1,33 @@
-//! Shared test helpers: an in-process replicant and typed clients.
+//! Shared test helpers: an in-process replicant and typed clients, the test
+//! world, a real PostgreSQL (`pg`) and the replicant as a process (`process`).
 #![allow(dead_code)]
+
+pub mod pg;
+pub mod process;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use starmesh_node::replicant::{self, Config, Running};
+use starmesh_node::resources::{self, Mesh};
 use starmesh_node::store::Store;
-use starmesh_node::territory::MeshConfig;
 use starmesh_node::wire::pb::{self, replicant_message::Msg, server_message};
 use tokio::sync::mpsc;
 use tonic::Streaming;
 
-pub async fn start(mesh: &MeshConfig, cfg: Config, store: Arc<dyn Store>) -> Running {
-    replicant::start(
+/// The test world file: StarSystem `sol` (earth with a moon, a station) and
+/// its static ServerLayout (s-earth, s-moon, s-station, s-deep), in one file.
+pub fn sol_path() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sol.yaml")
+}
+
+pub fn sol() -> Mesh {
+    resources::load(&[sol_path()], "0").expect("the test world is valid")
+}
+
+/// Starts an in-process replicant and waits until it has loaded the store.
+pub async fn start(mesh: &Mesh, cfg: Config, store: Arc<dyn Store>) -> Running {
+    let r = replicant::start(
         mesh,
         cfg,
         store,
@@ -20,7 +35,9 @@ pub async fn start(mesh: &MeshConfig, cfg: Config, store: Arc<dyn Store>) -> Run
         "127.0.0.1:0".parse().unwrap(),
     )
     .await
-    .expect("replicant starts")
+    .expect("replicant starts");
+    tokio::time::timeout(Duration::from_secs(30), r.loaded()).await.expect("replicant loads");
+    r
 }
 
 pub fn fast_config() -> Config {

@@ -1,0 +1,271 @@
+//! What one bot concludes from its bubble: pure, fed batch by batch with the
+//! time they arrived, so the invariants are tested without a network.
+//!
+//! - lost: the bot's own ship left its bubble (or never appeared, or was
+//!   missing at the end) — it is always the centre of its own bubble;
+//! - duplicated: an entity twice in one batch, an enter for an entity already
+//!   known, or a version going backwards (two writers);
+//! - handoffs: the own ship's territory changed, and how many replicant ticks
+//!   passed until the new owner's first write showed (handoff latency);
+//! - input latency: from sending command `seq` to the ship's state showing it;
+//! - stall: the longest time the own ship went without any update.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use prost::Message;
+
+use crate::model::EntityId;
+use crate::wire::pb::{self, entity_update::Change};
+
+#[derive(Debug, Default)]
+pub struct Observer {
+    own: EntityId,
+    /// entity -> last version seen.
+    known: HashMap<EntityId, u64>,
+    own_territory: Option<String>,
+    own_seen: bool,
+    /// (tick, version) of the last own-ship territory change, until the next write shows.
+    pending_handoff: Option<(u64, u64)>,
+    last_own_update: Option<f64>,
+    /// seq -> time sent.
+    sent: BTreeMap<u64, f64>,
+    last_applied_seq: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub handoffs: u64,
+    pub handoff_ticks: Vec<u64>,
+    pub input_latency_s: Vec<f64>,
+    pub max_stall_s: f64,
+    pub updates: u64,
+    pub arrivals: u64,
+    /// The own ship's route, as last seen (0 until a command reached it).
+    pub route_len: usize,
+}
+
+impl Observer {
+    pub fn new(own: EntityId) -> Self {
+        Self { own, ..Default::default() }
+    }
+
+    pub fn own_seen(&self) -> bool {
+        self.own_seen
+    }
+
+    /// Records that command `seq` was sent at `now` (seconds).
+    pub fn sent(&mut self, seq: u64, now: f64) {
+        self.sent.insert(seq, now);
+        // Bounded: probes never answered (e.g. dropped by the rate limit) age out.
+        while self.sent.len() > 1024 {
+            self.sent.pop_first();
+        }
+    }
+
+    /// A new stream (reconnect) starts from an empty view.
+    pub fn reset_view(&mut self) {
+        self.known.clear();
+        self.own_seen = false;
+        self.pending_handoff = None;
+    }
+
+    pub fn batch(&mut self, b: &pb::UpdateBatch, now: f64) {
+        let mut in_batch: HashSet<EntityId> = HashSet::with_capacity(b.updates.len());
+        for u in &b.updates {
+            let Some(c) = &u.change else { continue };
+            self.updates += 1;
+            let id = match c {
+                Change::Enter(s) => s.id,
+                Change::Delta(d) => d.id,
+                Change::Leave(id) => *id,
+            };
+            if !in_batch.insert(id) {
+                self.duplicated += 1;
+            }
+            match c {
+                Change::Enter(s) => {
+                    // An enter for a known entity is a refresh (the gateway
+                    // re-attached after a replicant reconnect); only an older
+                    // version than already seen means two version lines.
+                    if let Some(v) = self.known.insert(s.id, s.version)
+                        && s.version < v
+                    {
+                        self.duplicated += 1;
+                    }
+                    if s.id == self.own {
+                        self.own_update(b.tick, s.version, &s.territory, Some(&s.components), now);
+                    }
+                }
+                Change::Delta(d) => {
+                    match self.known.insert(d.id, d.version) {
+                        Some(v) if d.version < v => self.duplicated += 1,
+                        _ => {}
+                    }
+                    if d.id == self.own {
+                        self.own_update(
+                            b.tick,
+                            d.version,
+                            &d.territory,
+                            d.components.as_ref(),
+                            now,
+                        );
+                    }
+                }
+                Change::Leave(id) => {
+                    self.known.remove(id);
+                    if *id == self.own && self.own_seen {
+                        self.lost += 1;
+                        self.own_seen = false;
+                        tracing::warn!(entity = id, tick = b.tick, "own ship left the bubble");
+                    }
+                }
+            }
+        }
+    }
+
+    fn own_update(
+        &mut self,
+        tick: u64,
+        version: u64,
+        territory: &str,
+        comps: Option<&bytes::Bytes>,
+        now: f64,
+    ) {
+        if let Some(prev) = self.last_own_update {
+            self.max_stall_s = self.max_stall_s.max(now - prev);
+        }
+        self.last_own_update = Some(now);
+        self.own_seen = true;
+        if let Some((t0, v0)) = self.pending_handoff
+            && version > v0
+        {
+            self.handoff_ticks.push(tick.saturating_sub(t0));
+            self.pending_handoff = None;
+        }
+        match &self.own_territory {
+            Some(t) if t != territory => {
+                self.handoffs += 1;
+                self.pending_handoff = Some((tick, version));
+            }
+            _ => {}
+        }
+        self.own_territory = Some(territory.to_string());
+        if let Some(c) = comps
+            && let Ok(s) = pb::ShipState::decode(c.as_ref())
+        {
+            self.arrivals = self.arrivals.max(s.arrivals);
+            self.route_len = s.route.len();
+            if s.last_input_seq > self.last_applied_seq {
+                self.last_applied_seq = s.last_input_seq;
+                let done: Vec<u64> =
+                    self.sent.range(..=s.last_input_seq).map(|(k, _)| *k).collect();
+                for k in done {
+                    if let Some(t) = self.sent.remove(&k)
+                        && k == s.last_input_seq
+                    {
+                        self.input_latency_s.push((now - t).max(0.0));
+                    }
+                }
+            }
+        }
+    }
+
+    /// At the end of the run: a ship that is not in the bubble is lost.
+    pub fn finish(&mut self) {
+        if !self.own_seen {
+            self.lost += 1;
+            tracing::warn!(
+                entity = self.own,
+                ever_seen = self.last_own_update.is_some(),
+                "own ship not in the bubble at the end"
+            );
+        }
+    }
+}
+
+/// The `q` quantile (0..=1) of `v` (sorted in place); 0 when empty.
+pub fn quantile<T: Copy + PartialOrd + Default>(v: &mut [T], q: f64) -> T {
+    if v.is_empty() {
+        return T::default();
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    let i = ((v.len() as f64 - 1.0) * q.clamp(0.0, 1.0)).round() as usize;
+    v[i.min(v.len() - 1)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn st(id: u64, v: u64, t: &str, seq: u64) -> pb::EntityState {
+        let comps = pb::ShipState { last_input_seq: seq, ..Default::default() }.encode_to_vec();
+        pb::EntityState {
+            id,
+            version: v,
+            territory: t.into(),
+            components: comps.into(),
+            ..Default::default()
+        }
+    }
+    fn enter(s: pb::EntityState) -> pb::EntityUpdate {
+        pb::EntityUpdate { change: Some(Change::Enter(s)) }
+    }
+    fn delta(id: u64, v: u64, t: &str, seq: Option<u64>) -> pb::EntityUpdate {
+        pb::EntityUpdate {
+            change: Some(Change::Delta(pb::EntityDelta {
+                id,
+                version: v,
+                territory: t.into(),
+                components: seq.map(|s| {
+                    pb::ShipState { last_input_seq: s, ..Default::default() }.encode_to_vec().into()
+                }),
+                ..Default::default()
+            })),
+        }
+    }
+    fn b(tick: u64, u: Vec<pb::EntityUpdate>) -> pb::UpdateBatch {
+        pb::UpdateBatch { tick, updates: u }
+    }
+
+    #[test]
+    fn handoffs_latency_and_input_latency() {
+        let mut o = Observer::new(1);
+        o.sent(1, 0.0);
+        o.batch(&b(10, vec![enter(st(1, 3, "a", 0)), enter(st(2, 1, "a", 0))]), 0.1);
+        o.batch(&b(11, vec![delta(1, 4, "b", None)]), 0.2);
+        assert_eq!(o.handoffs, 1);
+        o.batch(&b(13, vec![delta(1, 5, "b", Some(1))]), 0.25);
+        assert_eq!(o.handoff_ticks, vec![2]);
+        assert_eq!(o.input_latency_s, vec![0.25]);
+        assert!((o.max_stall_s - 0.1).abs() < 1e-9);
+        o.finish();
+        assert_eq!((o.lost, o.duplicated), (0, 0));
+    }
+
+    #[test]
+    fn lost_and_duplicated_are_detected() {
+        let mut o = Observer::new(1);
+        o.batch(&b(1, vec![enter(st(1, 1, "a", 0)), enter(st(2, 1, "a", 0))]), 0.0);
+        o.batch(&b(2, vec![delta(2, 2, "a", None), delta(2, 3, "a", None)]), 0.0);
+        assert_eq!(o.duplicated, 1, "same id twice in one batch");
+        o.batch(&b(3, vec![delta(2, 1, "a", None)]), 0.0);
+        assert_eq!(o.duplicated, 2, "version went backwards");
+        o.batch(&b(4, vec![enter(st(2, 5, "a", 0))]), 0.0);
+        assert_eq!(o.duplicated, 2, "a refresh with a newer version is fine");
+        o.batch(&b(4, vec![enter(st(2, 4, "a", 0))]), 0.0);
+        assert_eq!(o.duplicated, 3, "an older enter is a second version line");
+        o.batch(&b(5, vec![pb::EntityUpdate { change: Some(Change::Leave(1)) }]), 0.0);
+        assert_eq!(o.lost, 1);
+        o.finish();
+        assert_eq!(o.lost, 2, "still missing at the end");
+        let mut never = Observer::new(9);
+        never.finish();
+        assert_eq!(never.lost, 1);
+    }
+
+    #[test]
+    fn quantiles() {
+        let mut v = vec![5.0, 1.0, 3.0, 2.0, 4.0];
+        assert_eq!(quantile(&mut v, 0.5), 3.0);
+        assert_eq!(quantile(&mut v, 0.99), 5.0);
+        assert_eq!(quantile::<f64>(&mut [], 0.5), 0.0);
+    }
+}

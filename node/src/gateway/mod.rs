@@ -1,0 +1,774 @@
+//! `starmesh gateway`: where players connect. A player's connection is to
+//! the gateway, which keeps one GatewayLink stream to the shard's replicant
+//! and multiplexes every player over it; so a handoff or a game server crash
+//! changes nothing for the connection, and a replicant reconnect is hidden
+//! from players (the gateway re-attaches them all).
+//!
+//! Per player: a token bucket bounds inputs (`rate_limit`), a coalescer
+//! bounds the outbound bubble (`bubble`), messages are size-limited and
+//! validated, and the player's ship is created by whichever game server owns
+//! its spawn point (`placement`).
+
+pub mod bubble;
+pub mod placement;
+pub mod rate_limit;
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use futures::Stream;
+use prometheus::{IntCounter, IntGauge, Registry};
+use prost::Message;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::model::{EntityId, PlayerId};
+use crate::wire::pb::{self, entity_update::Change, gateway_message, player_update};
+use crate::wire::validate::{
+    MAX_COORD_KM, MAX_NAME_LEN, MAX_RADIUS_KM, MAX_SPEED_KM_S, vec3_to_pb,
+};
+
+use bubble::Coalescer;
+use placement::World;
+use rate_limit::TokenBucket;
+
+/// Bound on one message from a player (a command with a full route fits easily).
+pub const MAX_PLAYER_MESSAGE_BYTES: usize = 16 * 1024;
+pub const MAX_ROUTE_LEN: usize = 32;
+/// Bound on one message from the replicant (a bubble batch under its byte budget).
+const MAX_REPLICANT_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Messages queued to the replicant. Inputs are rate-limited per player, so a
+/// full queue means the replicant is unreachable: inputs are then dropped
+/// (counted) rather than held — a stale input is worse than none.
+const LINK_QUEUE: usize = 16_384;
+/// Batches in flight to one player; beyond that the coalescer holds the rest.
+const PLAYER_QUEUE: usize = 4;
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+const SPAWN_RETRY: Duration = Duration::from_millis(500);
+/// Players with an open stream on one gateway; more are refused, so memory is bounded.
+pub const MAX_PLAYERS: usize = 200_000;
+
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    /// host:port of the replicant's gRPC endpoint.
+    pub replicant: String,
+    /// Inputs per second per player (average) and burst.
+    pub input_rate: f64,
+    pub input_burst: f64,
+    /// Radius (km) of each player's streaming bubble.
+    pub bubble_radius: f64,
+}
+
+/// GatewayLink streams to the replicant by default (3,200 players at full rate).
+pub const DEFAULT_LINKS: usize = 32;
+
+/// Players per replicant link the gateway aims for. The replicant queues at
+/// most one bubble batch per player per tick on a link, in a bounded queue
+/// (256 messages); a link carrying more players than that starves the ones
+/// it iterates last. So players are spread over several links.
+pub const PLAYERS_PER_LINK: usize = 100;
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub players: IntGauge,
+    pub joins: IntCounter,
+    pub inputs_forwarded: IntCounter,
+    pub inputs_rate_limited: IntCounter,
+    pub inputs_unroutable: IntCounter,
+    pub batches_sent: IntCounter,
+    pub batches_coalesced: IntCounter,
+    pub bubbles_overflowed: IntCounter,
+    pub replicant_reconnects: IntCounter,
+    pub bad_messages: IntCounter,
+    pub spawn_requests: IntCounter,
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let r = Registry::new();
+        let c = |n: &str, h: &str| {
+            let c = IntCounter::new(n, h).expect("valid metric");
+            // Names are static and unique, so registration cannot fail.
+            r.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let players = IntGauge::new("starmesh_gateway_players", "Players with an open stream")
+            .expect("valid metric");
+        r.register(Box::new(players.clone())).expect("unique metric");
+        Self {
+            players,
+            joins: c("starmesh_gateway_joins_total", "Join calls accepted"),
+            inputs_forwarded: c(
+                "starmesh_gateway_inputs_forwarded_total",
+                "Inputs sent to the replicant",
+            ),
+            inputs_rate_limited: c(
+                "starmesh_gateway_inputs_rate_limited_total",
+                "Inputs dropped by a player's token bucket",
+            ),
+            inputs_unroutable: c(
+                "starmesh_gateway_inputs_unroutable_total",
+                "Inputs dropped because the replicant link was down or full",
+            ),
+            batches_sent: c(
+                "starmesh_gateway_bubble_batches_sent_total",
+                "Bubble batches sent to players",
+            ),
+            batches_coalesced: c(
+                "starmesh_gateway_bubble_batches_coalesced_total",
+                "Bubble batches merged into a pending one because the player read slowly",
+            ),
+            bubbles_overflowed: c(
+                "starmesh_gateway_bubble_overflows_total",
+                "Player streams ended because their pending bubble exceeded its bound",
+            ),
+            replicant_reconnects: c(
+                "starmesh_gateway_replicant_reconnects_total",
+                "Replicant link reconnects",
+            ),
+            bad_messages: c(
+                "starmesh_gateway_bad_messages_total",
+                "Player streams ended by an invalid message",
+            ),
+            spawn_requests: c("starmesh_gateway_spawn_requests_total", "Ship spawn requests sent"),
+            registry: r,
+        }
+    }
+
+    pub fn render(&self) -> String {
+        use prometheus::Encoder;
+        let mut buf = Vec::new();
+        // Encoding into a Vec only fails on invalid metric data, which we never produce.
+        let _ = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}
+
+/// One player known to this gateway (kept across its reconnects).
+pub struct Slot {
+    pub player: PlayerId,
+    pub entity: EntityId,
+    spawn: pb::Spawn,
+    bubble: Mutex<Coalescer>,
+    /// Bumped whenever the bubble has something new; the writer waits on it.
+    wake: watch::Sender<u64>,
+    overflowed: AtomicBool,
+    /// The ship has appeared in the bubble: no more spawn requests.
+    seen: AtomicBool,
+    /// Generation of the current Play stream; an older stream stops writing.
+    stream: AtomicU64,
+    active: AtomicBool,
+    inputs_dropped: AtomicU64,
+}
+
+impl Slot {
+    fn bubble(&self) -> MutexGuard<'_, Coalescer> {
+        self.bubble.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn deliver(&self, batch: pb::UpdateBatch, m: &Metrics) {
+        if !self.seen.load(Ordering::Relaxed)
+            && batch.updates.iter().any(|u| match &u.change {
+                Some(Change::Enter(s)) => s.id == self.entity,
+                Some(Change::Delta(d)) => d.id == self.entity,
+                _ => false,
+            })
+        {
+            self.seen.store(true, Ordering::Relaxed);
+        }
+        let mut b = self.bubble();
+        let before = b.merged;
+        if b.push(batch).is_err() {
+            m.bubbles_overflowed.inc();
+            self.overflowed.store(true, Ordering::Relaxed);
+        }
+        m.batches_coalesced.inc_by(b.merged - before);
+        drop(b);
+        self.wake.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+pub struct Hub {
+    cfg: GatewayConfig,
+    world: World,
+    pub metrics: Metrics,
+    players: Mutex<HashMap<PlayerId, Arc<Slot>>>,
+    /// One sender per replicant link (`None` while it is down).
+    links: Vec<Mutex<Option<mpsc::Sender<pb::GatewayMessage>>>>,
+    started: Instant,
+}
+
+impl Hub {
+    pub fn new(cfg: GatewayConfig, world: World) -> Arc<Self> {
+        Self::with_links(cfg, world, DEFAULT_LINKS)
+    }
+
+    /// A hub whose players are spread over `links` replicant streams.
+    pub fn with_links(cfg: GatewayConfig, world: World, links: usize) -> Arc<Self> {
+        Arc::new(Self {
+            links: (0..links.max(1)).map(|_| Mutex::new(None)).collect(),
+            cfg,
+            world,
+            metrics: Metrics::new(),
+            players: Mutex::new(HashMap::new()),
+            started: Instant::now(),
+        })
+    }
+
+    /// Ready: every replicant link is up.
+    pub fn connected(&self) -> bool {
+        self.links.iter().all(|l| l.lock().unwrap_or_else(|p| p.into_inner()).is_some())
+    }
+
+    fn link_of(&self, player: PlayerId) -> usize {
+        (player % self.links.len() as u64) as usize
+    }
+
+    fn set_link(&self, i: usize, tx: Option<mpsc::Sender<pb::GatewayMessage>>) {
+        if let Some(l) = self.links.get(i) {
+            *l.lock().unwrap_or_else(|p| p.into_inner()) = tx;
+        }
+    }
+
+    fn players(&self) -> MutexGuard<'_, HashMap<PlayerId, Arc<Slot>>> {
+        self.players.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends on the link that carries `player` (every message is about one player).
+    fn send(&self, player: PlayerId, msg: gateway_message::Msg) -> bool {
+        let Some(l) = self.links.get(self.link_of(player)) else { return false };
+        let link = l.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        match link {
+            Some(tx) => tx.try_send(pb::GatewayMessage { msg: Some(msg) }).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Opens a Play stream for `player`: its slot (created if needed) and the
+    /// stream's generation, taken under the players lock so that a closing
+    /// older stream and this one can never both think they are the newest.
+    fn open_stream(&self, player: PlayerId) -> Result<(Arc<Slot>, u64), Status> {
+        let mut players = self.players();
+        if !players.contains_key(&player) && players.len() >= MAX_PLAYERS {
+            return Err(Status::resource_exhausted("starmesh.player: gateway full"));
+        }
+        let slot = players
+            .entry(player)
+            .or_insert_with(|| {
+                Arc::new(Slot {
+                    player,
+                    entity: placement::ship_of(player),
+                    spawn: self.world.spawn_for(player),
+                    bubble: Mutex::new(Coalescer::default()),
+                    wake: watch::Sender::new(0),
+                    overflowed: AtomicBool::new(false),
+                    seen: AtomicBool::new(false),
+                    stream: AtomicU64::new(0),
+                    active: AtomicBool::new(false),
+                    inputs_dropped: AtomicU64::new(0),
+                })
+            })
+            .clone();
+        let generation = slot.stream.fetch_add(1, Ordering::SeqCst) + 1;
+        Ok((slot, generation))
+    }
+
+    /// The stream of `generation` ended: if it is still the newest, the player
+    /// is gone (its slot freed, so memory follows connected players only).
+    fn close_stream(&self, slot: &Arc<Slot>, generation: u64) -> bool {
+        let mut players = self.players();
+        if slot.stream.load(Ordering::SeqCst) != generation {
+            return false;
+        }
+        if players.get(&slot.player).is_some_and(|s| Arc::ptr_eq(s, slot)) {
+            players.remove(&slot.player);
+        }
+        true
+    }
+
+    fn attach_msg(&self, s: &Slot) -> gateway_message::Msg {
+        gateway_message::Msg::Attach(pb::PlayerAttach {
+            player_id: s.player,
+            entity_id: s.entity,
+            radius: self.cfg.bubble_radius,
+            position: s.spawn.position,
+        })
+    }
+
+    /// Asks the owner of the spawn point to create the ship (a no-op for a
+    /// ship that exists: the replicant routes the request to its owner, and
+    /// the game only creates missing entities).
+    fn request_spawn(&self, s: &Slot) {
+        let input = pb::GameInput { cmd: Some(pb::game_input::Cmd::Spawn(s.spawn.clone())) };
+        self.metrics.spawn_requests.inc();
+        self.send(
+            s.player,
+            gateway_message::Msg::Input(pb::PlayerInput {
+                player_id: s.player,
+                seq: 0,
+                input: input.encode_to_vec().into(),
+                entity_id: 0,
+            }),
+        );
+    }
+
+    fn now(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+}
+
+/// Checks a player's command field by field (nothing unvalidated goes on).
+pub fn validate_command(c: &pb::ShipCommand) -> Result<(), &'static str> {
+    if c.route.len() > MAX_ROUTE_LEN {
+        return Err("route longer than 32 waypoints");
+    }
+    if !(c.max_speed.is_finite() && (0.0..=MAX_SPEED_KM_S).contains(&c.max_speed)) {
+        return Err("max_speed out of range");
+    }
+    if let Some(t) = &c.thrust
+        && ![t.x, t.y, t.z].iter().all(|c| c.is_finite() && c.abs() <= MAX_SPEED_KM_S)
+    {
+        return Err("thrust out of range");
+    }
+    for w in &c.route {
+        if w.name.len() > MAX_NAME_LEN {
+            return Err("waypoint name too long");
+        }
+        let Some(p) = &w.position else { return Err("waypoint without a position") };
+        if ![p.x, p.y, p.z].iter().all(|c| c.is_finite() && c.abs() <= MAX_COORD_KM) {
+            return Err("waypoint position out of range");
+        }
+        if !(w.radius.is_finite() && (0.0..=MAX_RADIUS_KM).contains(&w.radius)) {
+            return Err("waypoint radius out of range");
+        }
+    }
+    Ok(())
+}
+
+/// Runs the replicant link forever (reconnecting with backoff) and the
+/// spawn-retry loop. Spawned by `serve`.
+async fn replicant_link(hub: Arc<Hub>, i: usize) {
+    let mut backoff = Duration::from_millis(50);
+    let mut first = true;
+    loop {
+        if !first {
+            hub.metrics.replicant_reconnects.inc();
+        }
+        first = false;
+        let started = Instant::now();
+        if let Err(e) = link_session(&hub, i).await {
+            tracing::warn!(replicant = %hub.cfg.replicant, link = i, error = %e, "replicant link down");
+        }
+        hub.set_link(i, None);
+        if started.elapsed() > Duration::from_secs(5) {
+            backoff = Duration::from_millis(50);
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+async fn link_session(hub: &Arc<Hub>, i: usize) -> anyhow::Result<()> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", hub.cfg.replicant))?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .connect()
+        .await?;
+    let mut client = pb::gateway_link_client::GatewayLinkClient::new(channel)
+        .max_decoding_message_size(MAX_REPLICANT_MESSAGE_BYTES);
+    let (tx, rx) = mpsc::channel(LINK_QUEUE);
+    let mut inbound = client.session(ReceiverStream::new(rx)).await?.into_inner();
+    // Publish the link first, then re-attach everyone: a player attaching in
+    // between is attached twice, which is harmless (attach replaces).
+    hub.set_link(i, Some(tx));
+    let active: Vec<Arc<Slot>> = hub
+        .players()
+        .values()
+        .filter(|s| s.active.load(Ordering::Relaxed) && hub.link_of(s.player) == i)
+        .cloned()
+        .collect();
+    for s in &active {
+        hub.send(s.player, hub.attach_msg(s));
+        // A restarted replicant has what it committed, which may predate a
+        // ship's creation: ask again until each ship shows (a no-op for a ship
+        // that exists: the game only creates missing entities).
+        s.seen.store(false, Ordering::Relaxed);
+    }
+    tracing::debug!(replicant = %hub.cfg.replicant, link = i, players = active.len(), "replicant link up");
+    while let Some(u) = inbound.message().await? {
+        let Some(batch) = u.batch else { continue };
+        let slot = hub.players().get(&u.player_id).cloned();
+        if let Some(s) = slot {
+            s.deliver(batch, &hub.metrics);
+        }
+    }
+    Ok(())
+}
+
+/// Re-asks for ships that have not appeared yet (their spawn territory may
+/// have had no owner, or the request raced a takeover).
+async fn spawn_retry(hub: Arc<Hub>) {
+    let mut t = tokio::time::interval(SPAWN_RETRY);
+    loop {
+        t.tick().await;
+        let waiting: Vec<Arc<Slot>> = hub
+            .players()
+            .values()
+            .filter(|s| s.active.load(Ordering::Relaxed) && !s.seen.load(Ordering::Relaxed))
+            .cloned()
+            .collect();
+        for s in waiting {
+            hub.request_spawn(&s);
+        }
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[derive(Clone)]
+pub struct Svc(pub Arc<Hub>);
+
+#[tonic::async_trait]
+impl pb::player_link_server::PlayerLink for Svc {
+    async fn join(
+        &self,
+        req: Request<pb::JoinRequest>,
+    ) -> Result<Response<pb::JoinResponse>, Status> {
+        let name = req.into_inner().name;
+        if !placement::valid_name(&name) {
+            return Err(Status::invalid_argument(
+                "starmesh.player: name must be 1-64 printable ASCII characters",
+            ));
+        }
+        let hub = &self.0;
+        let player = placement::player_id(&name);
+        let spawn = hub.world.spawn_for(player);
+        hub.metrics.joins.inc();
+        Ok(Response::new(pb::JoinResponse {
+            player_id: player,
+            entity_id: placement::ship_of(player),
+            token: placement::token_for(&name),
+            spawn: spawn.location,
+            destinations: hub.world.destinations.clone(),
+            input_rate: hub.cfg.input_rate,
+        }))
+    }
+
+    type PlayStream = BoxStream<pb::PlayerUpdate>;
+
+    async fn play(
+        &self,
+        req: Request<Streaming<pb::PlayerMessage>>,
+    ) -> Result<Response<Self::PlayStream>, Status> {
+        let hub = self.0.clone();
+        let mut inbound = req.into_inner();
+        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("starmesh.player: no hello"))?
+            .map_err(|s| {
+                Status::invalid_argument(format!("starmesh.player: undecodable: {}", s.message()))
+            })?;
+        let token = match first.and_then(|m| m.msg) {
+            Some(pb::player_message::Msg::Hello(h)) => h.token,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "starmesh.player: the first message must be hello",
+                ));
+            }
+        };
+        let Some((_name, player)) = placement::player_for_token(&token) else {
+            return Err(Status::unauthenticated("starmesh.player: unknown token"));
+        };
+        let (slot, generation) = hub.open_stream(player)?;
+        // A fresh stream starts from a fresh view: drop what the last one had
+        // pending, and re-attach so the replicant sends the full bubble.
+        slot.bubble().take();
+        slot.overflowed.store(false, Ordering::Relaxed);
+        if !slot.active.swap(true, Ordering::Relaxed) {
+            hub.metrics.players.inc();
+        }
+        hub.send(player, hub.attach_msg(&slot));
+        if !slot.seen.load(Ordering::Relaxed) {
+            hub.request_spawn(&slot);
+        }
+
+        let (tx, rx) = mpsc::channel(PLAYER_QUEUE);
+        tokio::spawn(write_player(hub.clone(), slot.clone(), generation, tx.clone()));
+        tokio::spawn(read_player(hub, slot, generation, inbound, tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Sends the player its coalesced bubble whenever there is something new.
+/// Waiting on `send` is where a slow player is absorbed: meanwhile new
+/// batches merge into the coalescer, so memory stays bounded.
+async fn write_player(
+    hub: Arc<Hub>,
+    slot: Arc<Slot>,
+    generation: u64,
+    tx: mpsc::Sender<Result<pb::PlayerUpdate, Status>>,
+) {
+    let mut wake = slot.wake.subscribe();
+    loop {
+        tokio::select! {
+            r = wake.changed() => if r.is_err() { return },
+            _ = tx.closed() => return,
+        }
+        if slot.stream.load(Ordering::SeqCst) != generation {
+            return;
+        }
+        if slot.overflowed.swap(false, Ordering::Relaxed) {
+            let _ =
+                tx.send(Err(Status::resource_exhausted("starmesh.player: too far behind"))).await;
+            return;
+        }
+        let dropped = slot.inputs_dropped.swap(0, Ordering::Relaxed);
+        if dropped > 0 {
+            let m = pb::PlayerUpdate { msg: Some(player_update::Msg::InputsDropped(dropped)) };
+            if tx.send(Ok(m)).await.is_err() {
+                return;
+            }
+        }
+        let batch = slot.bubble().take();
+        if let Some(b) = batch {
+            let m = pb::PlayerUpdate { msg: Some(player_update::Msg::Bubble(b)) };
+            if tx.send(Ok(m)).await.is_err() {
+                return;
+            }
+            hub.metrics.batches_sent.inc();
+        }
+    }
+}
+
+async fn read_player(
+    hub: Arc<Hub>,
+    slot: Arc<Slot>,
+    generation: u64,
+    mut inbound: Streaming<pb::PlayerMessage>,
+    tx: mpsc::Sender<Result<pb::PlayerUpdate, Status>>,
+) {
+    let mut bucket = TokenBucket::new(hub.cfg.input_rate, hub.cfg.input_burst, hub.now());
+    let end: Option<Status> = loop {
+        let msg = tokio::select! {
+            m = inbound.message() => m,
+            _ = tx.closed() => break None,
+        };
+        let msg = match msg {
+            Ok(Some(m)) => m,
+            Ok(None) => break None,
+            Err(s) => {
+                break Some(Status::invalid_argument(format!(
+                    "starmesh.player: undecodable: {}",
+                    s.message()
+                )));
+            }
+        };
+        if slot.stream.load(Ordering::SeqCst) != generation {
+            break None; // superseded by a newer stream of the same player
+        }
+        let cmd = match msg.msg {
+            Some(pb::player_message::Msg::Input(c)) => c,
+            Some(pb::player_message::Msg::Hello(_)) => {
+                break Some(Status::invalid_argument("starmesh.player: second hello"));
+            }
+            None => break Some(Status::invalid_argument("starmesh.player: empty message")),
+        };
+        if let Err(why) = validate_command(&cmd) {
+            break Some(Status::invalid_argument(format!("starmesh.player: {why}")));
+        }
+        if !bucket.allow(hub.now()) {
+            hub.metrics.inputs_rate_limited.inc();
+            slot.inputs_dropped.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let seq = cmd.seq;
+        let input = pb::GameInput { cmd: Some(pb::game_input::Cmd::Command(cmd)) };
+        let sent = hub.send(
+            slot.player,
+            gateway_message::Msg::Input(pb::PlayerInput {
+                player_id: slot.player,
+                seq,
+                input: input.encode_to_vec().into(),
+                entity_id: 0,
+            }),
+        );
+        if sent {
+            hub.metrics.inputs_forwarded.inc();
+        } else {
+            hub.metrics.inputs_unroutable.inc();
+        }
+    };
+    if let Some(s) = end {
+        hub.metrics.bad_messages.inc();
+        tracing::debug!(player = slot.player, status = %s.message(), "player stream ended by a bad message");
+        let _ = tx.send(Err(s)).await;
+    }
+    // Only the newest stream detaches: a reconnect must not detach its successor.
+    if hub.close_stream(&slot, generation) && slot.active.swap(false, Ordering::Relaxed) {
+        hub.metrics.players.dec();
+        hub.send(
+            slot.player,
+            gateway_message::Msg::Detach(pb::PlayerDetach { player_id: slot.player }),
+        );
+    }
+}
+
+/// A running gateway.
+pub struct Running {
+    pub grpc_addr: std::net::SocketAddr,
+    pub metrics_addr: std::net::SocketAddr,
+    pub hub: Arc<Hub>,
+}
+
+pub async fn serve(
+    cfg: GatewayConfig,
+    world: World,
+    listen: std::net::SocketAddr,
+    metrics_listen: std::net::SocketAddr,
+) -> anyhow::Result<Running> {
+    serve_with_links(cfg, world, listen, metrics_listen, DEFAULT_LINKS).await
+}
+
+pub async fn serve_with_links(
+    cfg: GatewayConfig,
+    world: World,
+    listen: std::net::SocketAddr,
+    metrics_listen: std::net::SocketAddr,
+    links: usize,
+) -> anyhow::Result<Running> {
+    anyhow::ensure!(
+        cfg.bubble_radius.is_finite()
+            && cfg.bubble_radius > 0.0
+            && cfg.bubble_radius <= MAX_RADIUS_KM,
+        "bubble radius must be in (0, {MAX_RADIUS_KM}] km"
+    );
+    anyhow::ensure!(cfg.input_rate.is_finite() && cfg.input_rate > 0.0, "input rate must be > 0");
+    let hub = Hub::with_links(cfg, world, links);
+    let grpc = tokio::net::TcpListener::bind(listen).await?;
+    let metrics = tokio::net::TcpListener::bind(metrics_listen).await?;
+    let (grpc_addr, metrics_addr) = (grpc.local_addr()?, metrics.local_addr()?);
+    let (h1, h2) = (hub.clone(), hub.clone());
+    tokio::spawn(crate::server::metrics::serve_http(
+        metrics,
+        move || h1.metrics.render(),
+        move || h2.connected(),
+    ));
+    for i in 0..hub.links.len() {
+        tokio::spawn(replicant_link(hub.clone(), i));
+    }
+    tokio::spawn(spawn_retry(hub.clone()));
+    let svc = Svc(hub.clone());
+    tokio::spawn(async move {
+        let r = tonic::transport::Server::builder()
+            // Thousands of players may share few connections (HTTP/2 streams).
+            .max_concurrent_streams(Some(100_000))
+            .tcp_nodelay(true)
+            .add_service(
+                pb::player_link_server::PlayerLinkServer::new(svc)
+                    .max_decoding_message_size(MAX_PLAYER_MESSAGE_BYTES),
+            )
+            .serve_with_incoming(TcpListenerStream::new(grpc))
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "gateway gRPC server ended");
+        }
+    });
+    Ok(Running { grpc_addr, metrics_addr, hub })
+}
+
+pub fn vec3(v: crate::model::Vec3) -> pb::Vec3 {
+    vec3_to_pb(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_are_validated_field_by_field() {
+        let wp = |x: f64, r: f64| pb::Waypoint {
+            name: "a".into(),
+            position: Some(pb::Vec3 { x, y: 0.0, z: 0.0 }),
+            radius: r,
+        };
+        let ok = pb::ShipCommand {
+            seq: 1,
+            route: vec![wp(1.0, 1.0)],
+            max_speed: 10.0,
+            thrust: Some(pb::Vec3 { x: 1.0, y: 0.0, z: 0.0 }),
+        };
+        assert_eq!(validate_command(&ok), Ok(()));
+        let mut c = ok.clone();
+        c.route[0] = wp(f64::NAN, 1.0);
+        assert!(validate_command(&c).is_err());
+        let mut c = ok.clone();
+        c.route[0] = wp(1.0, -1.0);
+        assert!(validate_command(&c).is_err());
+        let mut c = ok.clone();
+        c.route = vec![wp(1.0, 1.0); MAX_ROUTE_LEN + 1];
+        assert!(validate_command(&c).is_err());
+        let mut c = ok.clone();
+        c.max_speed = f64::INFINITY;
+        assert!(validate_command(&c).is_err());
+        let mut c = ok.clone();
+        c.thrust = Some(pb::Vec3 { x: f64::NAN, y: 0.0, z: 0.0 });
+        assert!(validate_command(&c).is_err());
+        let mut c = ok;
+        c.route[0].position = None;
+        assert!(validate_command(&c).is_err());
+    }
+}
+
+/// `starmesh gateway` flags.
+#[derive(clap::Args, Debug)]
+pub struct GatewayArgs {
+    /// The shard's replicant (host:port of its gRPC endpoint).
+    #[arg(long, env = "STARMESH_REPLICANT")]
+    pub replicant: String,
+    /// Where players connect (gRPC PlayerLink).
+    #[arg(long, env = "STARMESH_GATEWAY_LISTEN", default_value = "127.0.0.1:7777")]
+    pub listen: std::net::SocketAddr,
+    #[arg(long, env = "STARMESH_METRICS_LISTEN", default_value = "127.0.0.1:9102")]
+    pub metrics: std::net::SocketAddr,
+    /// StarSystem YAML (destinations and spawn points); may also hold the ServerLayout.
+    #[arg(long, env = "STARMESH_SYSTEM_FILE")]
+    pub system: Option<std::path::PathBuf>,
+    /// ServerLayout YAML, when not in the --system file.
+    #[arg(long, env = "STARMESH_LAYOUT_FILE")]
+    pub layout: Option<std::path::PathBuf>,
+    /// Inputs per second a player may send on average (more are dropped).
+    #[arg(long, default_value_t = 20.0)]
+    pub input_rate: f64,
+    #[arg(long, default_value_t = 40.0)]
+    pub input_burst: f64,
+    /// Radius of each player's streaming bubble, km.
+    #[arg(long, default_value_t = 5000.0)]
+    pub bubble_radius: f64,
+    /// Streams to the replicant (each carries about 100 players well; see PLAYERS_PER_LINK).
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub replicant_links: u16,
+}
+
+/// The `starmesh gateway` role.
+pub fn main(a: GatewayArgs) -> anyhow::Result<()> {
+    let files: Vec<std::path::PathBuf> = a.system.iter().chain(a.layout.iter()).cloned().collect();
+    let world = if files.is_empty() { World::empty() } else { World::load(&files)? };
+    let cfg = GatewayConfig {
+        replicant: a.replicant,
+        input_rate: a.input_rate,
+        input_burst: a.input_burst,
+        bubble_radius: a.bubble_radius,
+    };
+    let links = usize::from(a.replicant_links);
+    tokio::runtime::Runtime::new()?.block_on(async move {
+        let r = serve_with_links(cfg, world, a.listen, a.metrics, links).await?;
+        // Tests and tools parse this line to learn the bound addresses.
+        println!("starmesh gateway listening grpc={} metrics={}", r.grpc_addr, r.metrics_addr);
+        tokio::signal::ctrl_c().await?;
+        Ok(())
+    })
+}

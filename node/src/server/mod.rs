@@ -1,0 +1,478 @@
+//! `starmesh server`: a game server. It holds one ServerLink stream to its
+//! shard's replicant, follows the grants, revokes and handoffs it is sent
+//! (`authority`), and runs a fixed-rate tick over the entities it holds,
+//! writing each changed one back stamped with its territory's epoch. It keeps
+//! nothing the replicant does not also have: when the stream breaks it drops
+//! everything and reconnects, and the replicant hands it whatever it then owns.
+//!
+//! The simulation is a `Game` (`game.rs`); the built-in one is the example game.
+
+pub mod authority;
+pub mod game;
+pub mod metrics;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use tokio::sync::mpsc;
+use tokio::time::MissedTickBehavior;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::model::{Entity, EntityId};
+use crate::wire::pb::{self, replicant_message::Msg, server_message};
+use crate::wire::validate::{
+    self, MAX_COMPONENT_BYTES, MAX_COORD_KM, MAX_NAME_LEN, MAX_SPEED_KM_S, vec3_to_pb,
+};
+
+use authority::Owned;
+use game::Game;
+use metrics::Metrics;
+
+/// Messages the replicant may send us; generous (handoffs carry components),
+/// but bounded like everything else off the network.
+pub const MAX_INBOUND_BYTES: usize = 4 * 1024 * 1024;
+/// Outbound writes in flight. Writes carry full state, so one dropped when
+/// the queue is full is repaired by the next tick's write.
+const OUT_QUEUE: usize = 8192;
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// host:port of the replicant's gRPC endpoint.
+    pub replicant: String,
+    pub name: String,
+    pub tick_hz: u32,
+}
+
+impl ServerConfig {
+    pub fn period(&self) -> Duration {
+        Duration::from_secs_f64(1.0 / f64::from(self.tick_hz.clamp(1, 1000)))
+    }
+}
+
+/// Runs forever: one session after another, with backoff between them.
+pub async fn run<G: Game>(cfg: ServerConfig, mut game: G, m: Arc<Metrics>) {
+    let mut backoff = MIN_BACKOFF;
+    let mut first = true;
+    loop {
+        if !first {
+            m.reconnects.inc();
+        }
+        first = false;
+        match session(&cfg, &mut game, &m).await {
+            Ok(welcomed) => {
+                tracing::warn!(replicant = %cfg.replicant, "replicant stream ended; reconnecting");
+                if welcomed {
+                    backoff = MIN_BACKOFF;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(replicant = %cfg.replicant, error = %e, "cannot reach the replicant")
+            }
+        }
+        m.connected.store(false, Ordering::Relaxed);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Starts the metrics endpoint; returns its bound address.
+pub async fn serve_metrics(m: Arc<Metrics>, addr: SocketAddr) -> anyhow::Result<SocketAddr> {
+    let l = tokio::net::TcpListener::bind(addr).await?;
+    let bound = l.local_addr()?;
+    tokio::spawn(metrics::serve(m, l));
+    Ok(bound)
+}
+
+/// Whether the replicant would accept this entity as a write. A game bug that
+/// produced a bad value must cost one write, not the whole stream (a bad
+/// message ends the stream and with it every territory).
+pub fn sendable(e: &Entity) -> bool {
+    let ok = |v: crate::model::Vec3, bound: f64| {
+        [v.x, v.y, v.z].iter().all(|c| c.is_finite() && c.abs() <= bound)
+    };
+    e.id != 0
+        && ok(e.position, MAX_COORD_KM)
+        && ok(e.velocity, MAX_SPEED_KM_S)
+        && e.location.len() <= MAX_NAME_LEN
+        && e.components.len() <= MAX_COMPONENT_BYTES
+}
+
+/// Ticks that were skipped between two ticks `gap` apart (after an overrun,
+/// `MissedTickBehavior::Skip` moves on to the next slot instead of bursting).
+/// Half a period of jitter is not a skipped tick.
+pub fn ticks_skipped(gap: Duration, period: Duration) -> u64 {
+    let slots = gap.as_secs_f64() / period.as_secs_f64().max(1e-9);
+    if slots > 1.5 { slots.round() as u64 - 1 } else { 0 }
+}
+
+fn write_msg(seq: u64, epoch: u64, e: &Entity) -> pb::ServerMessage {
+    pb::ServerMessage {
+        msg: Some(server_message::Msg::Write(pb::EntityWrite {
+            seq,
+            epoch,
+            id: e.id,
+            kind: e.kind,
+            position: Some(vec3_to_pb(e.position)),
+            velocity: Some(vec3_to_pb(e.velocity)),
+            location: e.location.to_string(),
+            components: e.components.clone(),
+        })),
+    }
+}
+
+struct Session<'a, G> {
+    game: &'a mut G,
+    m: &'a Metrics,
+    owned: Owned,
+    /// Changed by an input since the last tick: written even if `step` says no.
+    dirty: BTreeSet<EntityId>,
+    tx: mpsc::Sender<pb::ServerMessage>,
+    seq: u64,
+    lease: Option<Duration>,
+}
+
+/// One connection. Returns whether the replicant welcomed us (for backoff).
+async fn session<G: Game>(cfg: &ServerConfig, game: &mut G, m: &Metrics) -> anyhow::Result<bool> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", cfg.replicant))?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .connect()
+        .await?;
+    let mut client = pb::server_link_client::ServerLinkClient::new(channel)
+        .max_decoding_message_size(MAX_INBOUND_BYTES);
+    let (tx, rx) = mpsc::channel(OUT_QUEUE);
+    let hello = server_message::Msg::Hello(pb::Hello { server_name: cfg.name.clone() });
+    tx.send(pb::ServerMessage { msg: Some(hello) }).await?;
+    let mut inbound = client.session(ReceiverStream::new(rx)).await?.into_inner();
+    let mut s = Session {
+        game,
+        m,
+        owned: Owned::default(),
+        dirty: BTreeSet::new(),
+        tx,
+        seq: 0,
+        lease: None,
+    };
+
+    let period = cfg.period();
+    let mut tick = tokio::time::interval(period);
+    // Skip: after an overrun the next tick is simply the next slot; the server
+    // never bursts to catch up, so it cannot fall ever further behind (the
+    // game slows down instead: time dilation, measured as skipped ticks).
+    tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut heartbeat = tokio::time::interval(Duration::from_millis(500));
+    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last_tick: Option<Instant> = None;
+    let end = loop {
+        tokio::select! {
+            msg = inbound.message() => match msg {
+                Ok(Some(msg)) => {
+                    if let Some(lease) = s.handle(msg) {
+                        // Three heartbeats per lease: one lost or late one costs nothing.
+                        heartbeat = tokio::time::interval((lease / 3).max(Duration::from_millis(10)));
+                        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                    }
+                }
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            },
+            _ = tick.tick() => {
+                // Authority first: everything the replicant already said is applied
+                // before simulating, so a revoked entity is not stepped once more.
+                // (`message()` is cancel-safe, so polling it once is harmless.)
+                let mut ended = None;
+                while let Some(r) = inbound.message().now_or_never() {
+                    match r {
+                        Ok(Some(msg)) => {
+                            if let Some(lease) = s.handle(msg) {
+                                heartbeat = tokio::time::interval((lease / 3).max(Duration::from_millis(10)));
+                                heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                            }
+                        }
+                        Ok(None) => {
+                            ended = Some(Ok(()));
+                            break;
+                        }
+                        Err(e) => {
+                            ended = Some(Err(e));
+                            break;
+                        }
+                    }
+                }
+                if let Some(end) = ended {
+                    break end;
+                }
+                let now = Instant::now();
+                if let Some(prev) = last_tick {
+                    s.m.ticks_skipped.inc_by(ticks_skipped(now.duration_since(prev), period));
+                }
+                last_tick = Some(now);
+                s.tick(period.as_secs_f64());
+                let took = now.elapsed();
+                s.m.tick_duration.observe(took.as_secs_f64());
+                if took > period {
+                    s.m.tick_overruns.inc();
+                }
+            }
+            _ = heartbeat.tick() => {
+                if s.lease.is_some() {
+                    let hb = pb::ServerMessage { msg: Some(server_message::Msg::Heartbeat(pb::Heartbeat {})) };
+                    // A full queue means the writes ahead are not getting out either;
+                    // the lease will tell. Never block the tick on it.
+                    let _ = s.tx.try_send(hb);
+                }
+            }
+        }
+    };
+    let welcomed = s.lease.is_some();
+    for id in s.owned.clear() {
+        s.game.left(id);
+    }
+    m.entities.set(0);
+    m.territories.set(0);
+    if let Err(e) = end {
+        tracing::warn!(status = %e.message(), code = ?e.code(), "replicant stream error");
+    }
+    Ok(welcomed)
+}
+
+impl<G: Game> Session<'_, G> {
+    /// Applies one replicant message. Returns the lease when welcomed.
+    fn handle(&mut self, msg: pb::ReplicantMessage) -> Option<Duration> {
+        let m = self.m;
+        match msg.msg? {
+            Msg::Welcome(w) => {
+                let lease = Duration::from_millis(w.lease_ms.clamp(30, 600_000));
+                self.lease = Some(lease);
+                m.connected.store(true, Ordering::Relaxed);
+                tracing::info!(lease_ms = w.lease_ms, "welcomed by the replicant");
+                return Some(lease);
+            }
+            Msg::Grant(g) => {
+                tracing::info!(territory = %g.territory, epoch = g.epoch, "granted");
+                self.owned.grant(&g.territory, g.epoch);
+            }
+            Msg::Revoke(r) => {
+                tracing::info!(territory = %r.territory, epoch = r.epoch, "revoked");
+                for id in self.owned.revoke(&r.territory, r.epoch) {
+                    self.dirty.remove(&id);
+                    self.game.left(id);
+                    m.handoffs.with_label_values(&["out"]).inc();
+                }
+            }
+            Msg::HandoffIn(h) => {
+                let state = h.entity?;
+                match validate::entity_from_pb(state) {
+                    Ok(e) => {
+                        let id = e.id;
+                        if self.owned.handoff_in(e, &h.to_territory, h.epoch) {
+                            m.handoffs.with_label_values(&["in"]).inc();
+                            // The first write under the new epoch confirms the takeover
+                            // at once (also for an entity at rest), so the world sees its
+                            // new owner within a tick.
+                            self.dirty.insert(id);
+                            if let Some(held) = self.owned.get(id) {
+                                self.game.entered(&held.entity);
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "invalid entity in a handoff; ignored"),
+                }
+            }
+            Msg::HandoffOut(h) => {
+                let id = h.entity.map_or(0, |e| e.id);
+                if self.owned.handoff_out(id) {
+                    self.dirty.remove(&id);
+                    self.game.left(id);
+                    m.handoffs.with_label_values(&["out"]).inc();
+                }
+            }
+            Msg::Rejected(r) => {
+                let n: u64 = r.counts.iter().map(|c| c.count).sum();
+                m.writes_rejected.inc_by(n);
+                for f in &r.first {
+                    tracing::debug!(
+                        id = f.id,
+                        seq = f.seq,
+                        reason = f.reason,
+                        current_epoch = f.current_epoch,
+                        "write rejected"
+                    );
+                    // Rejected under an epoch we do not hold for it: the replicant
+                    // places the entity elsewhere, so we are not its authority
+                    // whatever we believed (e.g. a handoff-out still in flight).
+                    // Stop at once; if it is ours after all, a handoff brings it back.
+                    let fenced = f.reason == pb::RejectReason::StaleEpoch as i32
+                        || f.reason == pb::RejectReason::NotOwner as i32;
+                    let stale = fenced
+                        && self.owned.write_epoch(f.id).is_some_and(|e| e != f.current_epoch);
+                    if stale && self.owned.handoff_out(f.id) {
+                        self.dirty.remove(&f.id);
+                        self.game.left(f.id);
+                    }
+                }
+            }
+            Msg::Committed(_) | Msg::Neighbourhood(_) => {}
+            Msg::PlayerInput(pi) => {
+                m.inputs.inc();
+                let id = pi.entity_id;
+                if let Some(held) = self.owned.get_mut(id) {
+                    if self.game.input(&mut held.entity, pi.player_id, &pi.input) {
+                        self.dirty.insert(id);
+                    }
+                } else if let Some(sp) = self.game.spawn(id, pi.player_id, &pi.input)
+                    && sp.entity.id == id
+                {
+                    // Routed here because we own the territory the player was
+                    // placed in and the entity does not exist yet.
+                    let entity = sp.entity;
+                    let adopted = self.owned.adopt(entity.clone(), &sp.territory);
+                    tracing::debug!(id, territory = %sp.territory, ?adopted, "spawn");
+                    if let Some(epoch) = adopted {
+                        self.game.entered(&entity);
+                        // Written now, where it was created: if the first write came
+                        // after a tick had moved it across a boundary, the replicant
+                        // would place it in another territory and fence it off.
+                        if sendable(&entity) {
+                            self.seq += 1;
+                            if self.tx.try_send(write_msg(self.seq, epoch, &entity)).is_ok() {
+                                m.writes.inc();
+                            } else {
+                                m.writes_dropped.inc();
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        m.entities.set(self.owned.len() as i64);
+        m.territories.set(self.owned.territory_count() as i64);
+        None
+    }
+
+    /// One tick: step every held entity, write every changed one.
+    fn tick(&mut self, dt: f64) {
+        let mut changed = std::mem::take(&mut self.dirty);
+        for h in self.owned.held_mut() {
+            if self.game.step(&mut h.entity, dt) {
+                changed.insert(h.entity.id);
+            }
+        }
+        for id in changed {
+            let (Some(epoch), Some(h)) = (self.owned.write_epoch(id), self.owned.get(id)) else {
+                continue;
+            };
+            if !sendable(&h.entity) {
+                self.m.writes_dropped.inc();
+                tracing::warn!(id, "the game produced an invalid entity; write skipped");
+                continue;
+            }
+            self.seq += 1;
+            match self.tx.try_send(write_msg(self.seq, epoch, &h.entity)) {
+                Ok(()) => self.m.writes.inc(),
+                Err(_) => self.m.writes_dropped.inc(),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skipped_ticks_are_counted_not_replayed() {
+        let p = Duration::from_millis(33);
+        assert_eq!(ticks_skipped(Duration::from_millis(33), p), 0);
+        assert_eq!(ticks_skipped(Duration::from_millis(45), p), 0, "jitter");
+        assert_eq!(ticks_skipped(Duration::from_millis(66), p), 1);
+        assert_eq!(ticks_skipped(Duration::from_millis(330), p), 9);
+    }
+
+    #[tokio::test]
+    async fn an_overrun_never_makes_the_tick_fall_further_behind() {
+        // The tick loop's interval: after a stall of ten periods (a tick that
+        // overran), the next ticks come a period apart again, not as a burst
+        // of ten catch-up ticks that would overrun again. (A lower bound only:
+        // a loaded machine makes the gap longer, never shorter.)
+        let p = Duration::from_millis(10);
+        let mut t = tokio::time::interval(p);
+        t.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        t.tick().await;
+        std::thread::sleep(p * 10);
+        t.tick().await;
+        let a = Instant::now();
+        t.tick().await;
+        t.tick().await;
+        // Skip realigns to the period grid: at least one full period for two
+        // ticks (a burst would return both at once).
+        assert!(a.elapsed() >= p - Duration::from_millis(1), "{:?}", a.elapsed());
+    }
+
+    #[test]
+    fn invalid_entities_are_not_sendable() {
+        let mut e = Entity {
+            id: 1,
+            kind: 1,
+            position: Default::default(),
+            velocity: Default::default(),
+            location: "".into(),
+            version: 0,
+            components: Default::default(),
+            components_version: 0,
+            territory: "t".into(),
+        };
+        assert!(sendable(&e));
+        e.position.x = f64::NAN;
+        assert!(!sendable(&e));
+        e.position.x = 0.0;
+        e.velocity.y = 2.0 * MAX_SPEED_KM_S;
+        assert!(!sendable(&e));
+        e.velocity.y = 0.0;
+        e.location = "x".repeat(MAX_NAME_LEN + 1).into();
+        assert!(!sendable(&e));
+    }
+}
+
+/// `starmesh server` flags.
+#[derive(clap::Args, Debug)]
+pub struct ServerArgs {
+    /// The shard's replicant (host:port of its gRPC endpoint).
+    #[arg(long, env = "STARMESH_REPLICANT")]
+    pub replicant: String,
+    /// This server's name: the ServerLayout's server name for static territories.
+    #[arg(long, env = "STARMESH_SERVER_NAME")]
+    pub name: String,
+    /// Ticks per second (the ServerLayout's `tickRate`).
+    #[arg(long, env = "STARMESH_TICK_RATE", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub tick_rate: u32,
+    /// `/metrics`, `/healthz`, `/readyz`.
+    #[arg(long, env = "STARMESH_METRICS_LISTEN", default_value = "127.0.0.1:9101")]
+    pub metrics: SocketAddr,
+}
+
+/// The `starmesh server` role with the example game.
+pub fn main(a: ServerArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !a.name.is_empty() && a.name.len() <= MAX_NAME_LEN,
+        "--name must be 1..={MAX_NAME_LEN} bytes"
+    );
+    tokio::runtime::Runtime::new()?.block_on(async move {
+        let cfg = ServerConfig { replicant: a.replicant, name: a.name, tick_hz: a.tick_rate };
+        let m = Arc::new(Metrics::new(cfg.period().as_secs_f64()));
+        let bound = serve_metrics(m.clone(), a.metrics).await?;
+        // Tests and tools parse this line to learn the bound address.
+        println!("starmesh server name={} metrics={bound}", cfg.name);
+        tokio::select! {
+            _ = run(cfg, game::ExampleGame, m) => {}
+            r = tokio::signal::ctrl_c() => r?,
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,156 @@
+//! The web map in a real headless Chromium: the page loads with no console
+//! error, draws every location of the system, shows entities moving, and
+//! recolours a server's territories after that server is killed. Leaves a
+//! screenshot in target/tmp/ as the artifact.
+
+mod local_support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use local_support::cdp::Browser;
+use local_support::mesh::{LocalMesh, leading_number, summary_rows};
+use serde_json::Value;
+
+/// The server whose kill the test watches, and a location of its territory.
+const VICTIM: &str = "hurston";
+const VICTIM_LOCATION: &str = "hurston";
+
+#[test]
+fn web_map_in_a_real_browser() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut mesh =
+        LocalMesh::spawn(&dir.path().join("data"), &["--bots", "20", "--duration", "120s"]);
+    mesh.wait_line("running", Duration::from_secs(60));
+    let url = format!("http://{}/", mesh.addr);
+    let (_, system) = mesh.get("/api/system");
+    let system: Value = serde_json::from_str(&system).expect("system JSON");
+    let mut locations: Vec<String> = system["locations"]
+        .as_array()
+        .expect("locations")
+        .iter()
+        .map(|l| l["name"].as_str().expect("name").to_string())
+        .collect();
+    locations.sort();
+
+    let mut b = Browser::launch();
+    let page = b.new_page();
+    b.navigate(&page, &url);
+    b.wait_for(&page, "!!(window.starmesh && window.starmesh.ready())", Duration::from_secs(20));
+
+    // Every location is drawn: a circle with a finite position and a size.
+    let drawn = b.eval(
+        &page,
+        r#"[...document.querySelectorAll('#layer-locations circle[data-location]')]
+            .filter(c => isFinite(+c.getAttribute('cx')) && isFinite(+c.getAttribute('cy')) && +c.getAttribute('r') > 0)
+            .map(c => c.dataset.location)"#,
+    );
+    let mut drawn: Vec<String> = drawn
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect();
+    drawn.sort();
+    for l in &locations {
+        assert!(drawn.contains(l), "{l} drawn; drawn: {drawn:?}");
+    }
+    // ...each at its own place: the log scales keep even a landing zone 1000 km
+    // from its planet's centre apart from the station 1500 km out.
+    let distinct = b.eval(
+        &page,
+        r#"new Set([...document.querySelectorAll('#layer-locations circle[data-location]')]
+            .map(c => (+c.getAttribute('cx')).toFixed(3) + ',' + (+c.getAttribute('cy')).toFixed(3))).size"#,
+    );
+    // (A rest stop at the very centre of its Lagrange point shares its centre.)
+    let real_centres: std::collections::BTreeSet<String> = system["locations"]
+        .as_array()
+        .expect("locations")
+        .iter()
+        .map(|l| format!("{},{},{}", l["x"], l["y"], l["z"]))
+        .chain(std::iter::once("0.0,0.0,0.0".to_string()))
+        .collect();
+    assert_eq!(distinct.as_u64(), Some(real_centres.len() as u64), "distinct places drawn apart");
+    let gates = b.eval(&page, "document.querySelectorAll('[data-gate]').length");
+    assert_eq!(gates.as_u64(), system["gates"].as_array().map(|g| g.len() as u64));
+
+    // Entities move: the same ids at different places a moment later.
+    b.wait_for(
+        &page,
+        "Object.keys(starmesh.entityPositions()).length > 0",
+        Duration::from_secs(30),
+    );
+    let before = positions(&mut b, &page);
+    std::thread::sleep(Duration::from_millis(1500));
+    let after = positions(&mut b, &page);
+    let moved = before.iter().filter(|(id, p)| after.get(*id).is_some_and(|q| q != *p)).count();
+    assert!(moved > 0, "some entity moved between two moments: {before:?} vs {after:?}");
+
+    // Kill a server from the page, as a user would; its territories change colour.
+    let owner = |b: &mut Browser| {
+        b.eval(
+            &page,
+            &format!(
+                "document.querySelector('[data-location=\"{VICTIM_LOCATION}\"]').dataset.owner"
+            ),
+        )
+    };
+    b.wait_for(
+        &page,
+        &format!("document.querySelector('[data-location=\"{VICTIM_LOCATION}\"]').dataset.owner === '{VICTIM}'"),
+        Duration::from_secs(20),
+    );
+    let colour_before = b.eval(&page, &format!("starmesh.ownerColour('{VICTIM_LOCATION}')"));
+    let screenshot_dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    b.screenshot(&page, &screenshot_dir.join("local-web-map-before-kill.png"));
+    b.eval(&page, &format!("starmesh.select({{type: 'server', name: '{VICTIM}'}}); true"));
+    b.eval(&page, "document.querySelector('#details button').click(); true");
+    b.wait_for(
+        &page,
+        &format!(
+            "(o => o !== '' && o !== '{VICTIM}')(document.querySelector('[data-location=\"{VICTIM_LOCATION}\"]').dataset.owner)"
+        ),
+        Duration::from_secs(20),
+    );
+    let new_owner = owner(&mut b);
+    let colour_after = b.eval(&page, &format!("starmesh.ownerColour('{VICTIM_LOCATION}')"));
+    assert_ne!(colour_before, colour_after, "{VICTIM_LOCATION} recoloured for {new_owner}");
+    b.wait_for(
+        &page,
+        "[...document.querySelectorAll('#events li.takeover')].length > 0",
+        Duration::from_secs(10),
+    );
+    // Select the location so the screenshot shows its details panel too.
+    b.eval(
+        &page,
+        &format!("starmesh.select({{type: 'location', name: '{VICTIM_LOCATION}'}}); true"),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let shot = screenshot_dir.join("local-web-map.png");
+    b.screenshot(&page, &shot);
+    eprintln!("screenshot: {}", shot.display());
+    // And Hurston framed, with its moons, station and landing zone legible.
+    assert_eq!(b.eval(&page, &format!("starmesh.zoomTo('{VICTIM_LOCATION}')")), Value::Bool(true));
+    std::thread::sleep(Duration::from_millis(300));
+    b.screenshot(&page, &screenshot_dir.join("local-web-map-hurston.png"));
+
+    let errors = b.errors();
+    b.close();
+    assert!(errors.is_empty(), "console errors: {errors:#?}");
+
+    // Ctrl-C: the run stops cleanly and the summary counts the takeover.
+    mesh.interrupt();
+    let st = mesh.wait_exit(Duration::from_secs(60));
+    let out = mesh.stdout();
+    assert!(st.success(), "exit {st}:\n{}", out.join("\n"));
+    let rows: BTreeMap<String, String> = summary_rows(&out).into_iter().collect();
+    assert!(leading_number(&rows["takeovers"]) >= 1, "{rows:?}");
+    assert_eq!(leading_number(&rows["lost"]), 0, "{rows:?}");
+}
+
+fn positions(b: &mut Browser, page: &str) -> BTreeMap<String, Value> {
+    match b.eval(page, "starmesh.entityPositions()") {
+        Value::Object(m) => m.into_iter().collect(),
+        v => panic!("positions: {v}"),
+    }
+}
