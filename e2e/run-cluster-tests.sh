@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The in-cluster e2e tests (e2e/tests/helm.rs): builds the images, boots a FULL
+# The in-cluster e2e tests (e2e/tests/helm.rs, e2e/tests/mesh.rs): builds the images, boots a FULL
 # single-node cluster (e2e/cluster/up.sh, with a kubelet), loads the images,
 # runs the tests and always tears the cluster down, pass or fail.
 #
@@ -64,9 +64,14 @@ fi
 step "build the test"
 # Run the built binary itself later: no cargo (no rebuild, no lock waits behind
 # other builds) while the cluster is up.
-test_bin=$(cargo test --locked -p starmesh-e2e --test helm --no-run --message-format=json \
-  | jq -r 'select(.reason == "compiler-artifact" and .target.name == "helm" and .profile.test) | .executable')
+built=$(cargo test --locked -p starmesh-e2e --test helm --test mesh --no-run --message-format=json)
+test_bin_of() {
+  jq -r --arg t "$1" 'select(.reason == "compiler-artifact" and .target.name == $t and .profile.test) | .executable' <<<"$built"
+}
+test_bin=$(test_bin_of helm)
+mesh_bin=$(test_bin_of mesh)
 [ -x "$test_bin" ] || die "could not find the built helm test binary (got '$test_bin')"
+[ -x "$mesh_bin" ] || die "could not find the built mesh test binary (got '$mesh_bin')"
 
 step "boot a full cluster"
 # One cluster per machine: the harness's veth addresses are fixed. Another
@@ -95,5 +100,8 @@ done
 
 step "e2e: helm chart in the cluster"
 (cd e2e && "$test_bin" --nocapture --test-threads=1) 2>&1 | tee "$work/helm-test.log"
+
+step "e2e: the mesh runs in the cluster (Stanton Ready, bots, pod deletion, scale)"
+(cd e2e && "$mesh_bin" --nocapture --test-threads=1) 2>&1 | tee "$work/mesh-test.log"
 echo
-grep -o 'TIMING.*' "$work/helm-test.log" || true
+grep -ho 'TIMING.*' "$work/helm-test.log" "$work/mesh-test.log" || true

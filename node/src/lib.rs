@@ -3,10 +3,12 @@
 pub mod bots;
 pub mod gateway;
 pub mod local;
+pub mod mesh_map;
 pub mod model;
 pub mod replicant;
 pub mod resources;
 pub mod server;
+pub mod signal;
 pub mod store;
 pub mod territory;
 pub mod web_map;

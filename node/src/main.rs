@@ -85,15 +85,31 @@ struct ReplicantArgs {
     gate_peers: Vec<(String, String)>,
 }
 
+/// The log level when `RUST_LOG` is not set. `local` is a terminal tool for a
+/// first look: its progress lines, the map's address and the summary are the
+/// output, and the roles' per-event `info` lines (well over a hundred in a
+/// short run) would bury them; warnings still show. The services keep `info`:
+/// their logs go to a collector, where those lines are the record.
+fn default_log_level(cmd: &Cmd) -> &'static str {
+    match cmd {
+        // `local` runs one system with no peers, so every jump gate leads
+        // nowhere by construction: the replicant's warning about each one says
+        // nothing the user can act on (the progress line says it once).
+        Cmd::Local(_) => "warn,starmesh_node::replicant::gate=error",
+        _ => "info",
+    }
+}
+
 fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new(default_log_level(&cli.cmd))
+            }),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     match cli.cmd {
         Cmd::Replicant(a) => tokio::runtime::Runtime::new()?.block_on(run_replicant(*a)),
         Cmd::Local(a) => starmesh_node::local::main(*a),
@@ -157,7 +173,7 @@ async fn run_replicant(a: ReplicantArgs) -> anyhow::Result<()> {
         "starmesh replicant listening grpc={} metrics={}",
         running.grpc_addr, running.metrics_addr
     );
-    tokio::signal::ctrl_c().await?;
+    starmesh_node::signal::terminate().await?;
     tracing::info!("shutting down");
     running.shutdown().await;
     Ok(())

@@ -54,31 +54,41 @@ impl std::error::Error for MeshError {}
 /// Loads every file, then requires exactly one StarSystem and one
 /// ServerLayout that serves it, both valid.
 pub fn load(files: &[PathBuf], shard: &str) -> Result<Mesh, MeshError> {
-    let mut systems: Vec<StarSystem> = Vec::new();
-    let mut layouts: Vec<ServerLayout> = Vec::new();
+    let mut sources = Vec::new();
     let mut problems = Vec::new();
     for f in files {
         match yaml::load_path(f) {
-            Ok(rs) => {
-                for r in rs {
-                    match r {
-                        Resource::StarSystem(s) => systems.push(s),
-                        Resource::ServerLayout(l) => layouts.push(l),
-                    }
-                }
-            }
+            Ok(rs) => sources.push((f.display().to_string(), rs)),
             Err(e) => problems.push(format!("{}: {e}", f.display())),
         }
     }
     if !problems.is_empty() {
         return Err(MeshError(problems));
     }
+    from_resources(&sources, shard)
+}
+
+/// `load` for resources already read, each with the name of where it came
+/// from (a file, or a compiled-in example: `starmesh local` checks those
+/// from memory, so nothing is written before everything is valid).
+pub fn from_resources(sources: &[(String, Vec<Resource>)], shard: &str) -> Result<Mesh, MeshError> {
+    let mut systems: Vec<&StarSystem> = Vec::new();
+    let mut layouts: Vec<&ServerLayout> = Vec::new();
+    let mut problems = Vec::new();
+    for (_, rs) in sources {
+        for r in rs {
+            match r {
+                Resource::StarSystem(s) => systems.push(s),
+                Resource::ServerLayout(l) => layouts.push(l),
+            }
+        }
+    }
     let (system, layout) = match (systems.as_slice(), layouts.as_slice()) {
-        ([s], [l]) => (s, l),
+        ([s], [l]) => (*s, *l),
         _ => {
             return Err(MeshError(vec![format!(
                 "expected exactly one StarSystem and one ServerLayout in {}, found {} and {}",
-                files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", "),
+                sources.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>().join(", "),
                 systems.len(),
                 layouts.len()
             )]));

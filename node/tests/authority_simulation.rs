@@ -27,9 +27,15 @@
 //!   territory boundaries of the test world (`fixtures/sol.yaml`: earth with
 //!   the moon inside it, a station, deep space), so handoffs happen all the time.
 //!
+//! Why an integration test and not a `#[cfg(test)]` module: everything it
+//! drives is public already except a way to build a `Core` (`Core::new`, added
+//! for this), and living outside the crate keeps it honest about the API.
 //! The glue that is async in the real replicant (`service.rs`'s session loop,
-//! `persistence.rs`'s committer, `mod.rs`'s recovery) is mirrored here line
-//! for line in `Replicant::on_*`; everything it calls is the real code.
+//! `persistence.rs`'s committer, `mod.rs`'s recovery) is mirrored here, arm by
+//! arm, in `Sim::on_hello`, `Sim::session_msg`, `Sim::committer` and
+//! `Sim::start_replicant`; everything those call is the real code. A change
+//! to that glue has to be mirrored here. Not simulated: eviction and
+//! stream-in (async against the store), jump gates, players and gateways.
 //!
 //! Checked after every event (see `Sim::check`): one owner per territory and
 //! no two servers holding one at its current epoch; every applied write
@@ -40,10 +46,12 @@
 //! every acknowledged write survives restarts; with a live server every
 //! territory is owned. After the faults stop and the mesh settles: every
 //! territory and every entity is held by exactly one live server, at the
-//! current epoch.
+//! current epoch, also for servers that reconnected stale.
 //!
-//! Replay one seed: `STARMESH_SIM_SEED=N cargo test -p starmesh-node --test
-//! authority_simulation -- --nocapture`; more seeds: `STARMESH_SIM_SEEDS=5000`.
+//! Replay one seed (whole trace; `STARMESH_SIM_VERBOSE=1` adds every message):
+//! `STARMESH_SIM_SEED=N cargo test -p starmesh-node --test authority_simulation
+//! -- --nocapture`. More seeds: `STARMESH_SIM_SEEDS=5000`; all of them even
+//! past failures, listed at the end: `STARMESH_SIM_ALL=1`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -351,6 +359,7 @@ struct Stats {
     partitions: u64,
     expiries: u64,
     entities: u64,
+    stale_reconnects: u64,
 }
 
 struct Sim {
@@ -655,6 +664,9 @@ impl Sim {
             l.down.clear();
         }
         s.stale = stale;
+        if stale && s.running {
+            self.stats.stale_reconnects += 1;
+        }
         if !stale {
             s.owned.clear();
             s.dirty.clear();
@@ -979,9 +991,12 @@ impl Sim {
                 }
                 let Some(rep) = self.rep.as_mut() else { return };
                 match outcome {
-                    WriteOutcome::Applied { version } => {
+                    WriteOutcome::Applied { version, created } => {
                         let a = rep.core.tick_acks.entry(conn).or_insert(0);
                         *a = (*a).max(w.seq);
+                        if created {
+                            rep.core.tick_created.push((conn, w.id));
+                        }
                         self.oracle.writes_applied += 1;
                         let ok = grant.as_ref().is_some_and(|g| {
                             g.owner.as_deref() == Some(&*name) && g.epoch == w.epoch
@@ -1126,6 +1141,11 @@ impl Sim {
             }
             Msg::HandoffIn(h) => {
                 let Some(state) = h.entity else { return Ok(()) };
+                // A creation confirmation for an entity still simulated: keep ours.
+                if h.from_territory.is_empty() && s.owned.holds(state.id, &h.to_territory, h.epoch)
+                {
+                    return Ok(());
+                }
                 let e = validate::entity_from_pb(state).map_err(|e| format!("bad handoff: {e}"))?;
                 let id = e.id;
                 if s.owned.handoff_in(e, &h.to_territory, h.epoch) {
@@ -1411,6 +1431,12 @@ impl Sim {
         }
         let mut entities: Vec<&Entity> = world.entities().collect();
         entities.sort_by_key(|e| e.id);
+        // Strict for stale servers too. One used to orphan an entity: it kept
+        // one whose creation never reached the replicant, wrote it again
+        // (refused where it was, then created where it went), and the earlier
+        // refusal, arriving last, made it drop the entity. The replicant now
+        // confirms every creation to its writer after the tick's refusals
+        // (`replicant::tick::confirm_created`), which brings it back.
         for e in entities {
             let g = world.authority.grant(&e.territory).unwrap();
             let holders = self.valid_holders(e.id, &e.territory, g.epoch);
@@ -1481,6 +1507,7 @@ fn authority_protocol_holds_under_faults() {
                 total.acked += s.acked;
                 total.grants += s.grants;
                 total.handoffs += s.handoffs;
+                total.stale_reconnects += s.stale_reconnects;
                 total.replicant_restarts += s.replicant_restarts;
                 total.server_crashes += s.server_crashes;
                 total.partitions += s.partitions;

@@ -75,3 +75,61 @@ fn a_port_in_use_and_an_unwritable_folder_are_clear() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("data folder") && err.contains("--data"), "{err}");
 }
+
+#[test]
+fn a_layout_given_alone_is_validated_before_the_data_folder_is_touched() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("layout.yaml");
+    let text = std::fs::read_to_string(example("stanton-layout.yaml"))
+        .expect("example")
+        .replace("territories: [hurston]", "territories: [atlantis]");
+    std::fs::write(&bad, text).expect("write");
+    let data = dir.path().join("data");
+    let out = local(&[
+        "--layout".as_ref(),
+        bad.as_os_str(),
+        "--data".as_ref(),
+        data.as_os_str(),
+        "--listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("ServerLayout") && err.contains("atlantis"),
+        "the problem is named: {err}"
+    );
+    assert!(!data.exists(), "the data folder was not created");
+    assert!(out.stdout.is_empty(), "no progress before validation: {:?}", out.stdout);
+}
+
+/// A first run with no RUST_LOG: the terminal shows the progress lines, the
+/// map's address and the summary, not the roles' info logs.
+#[test]
+fn the_terminal_is_quiet_by_default() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let out = Command::new(env!("CARGO_BIN_EXE_starmesh"))
+        .args(["local", "--duration", "2s", "--bots", "10", "--listen", "127.0.0.1:0", "--data"])
+        .arg(&data)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run starmesh local");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("web map: http://"), "{stdout}");
+    assert!(stdout.contains("starmesh local: summary"), "{stdout}");
+    let info: Vec<&str> = stderr.lines().filter(|l| l.contains("INFO")).collect();
+    assert!(info.is_empty(), "no info logs without RUST_LOG:\n{stderr}");
+    assert!(!stderr.contains("jump gate"), "no warning about gates local cannot open:\n{stderr}");
+    // RUST_LOG still overrides the default.
+    let out = Command::new(env!("CARGO_BIN_EXE_starmesh"))
+        .args(["local", "--duration", "1s", "--bots", "0", "--listen", "127.0.0.1:0", "--data"])
+        .arg(&data)
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("run starmesh local");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.lines().any(|l| l.contains("INFO")), "RUST_LOG=info shows info:\n{stderr}");
+}

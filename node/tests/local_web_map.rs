@@ -37,6 +37,11 @@ fn web_map_in_a_real_browser() {
     let page = b.new_page();
     b.navigate(&page, &url);
     b.wait_for(&page, "!!(window.starmesh && window.starmesh.ready())", Duration::from_secs(20));
+    // On loopback the controls are on: no read-only banner.
+    assert_eq!(
+        b.eval(&page, "document.getElementById('readonly-banner').hidden"),
+        Value::Bool(true)
+    );
 
     // Every location is drawn: a circle with a finite position and a size.
     let drawn = b.eval(
@@ -153,4 +158,97 @@ fn positions(b: &mut Browser, page: &str) -> BTreeMap<String, Value> {
         Value::Object(m) => m.into_iter().collect(),
         v => panic!("positions: {v}"),
     }
+}
+
+/// The map as served on an address other machines can reach: read-only. The
+/// page must say so plainly (a banner) and offer no kill button, and the kill
+/// endpoint must refuse. Served in process on loopback with the supervisor's
+/// non-loopback verdict, so the test opens no port beyond loopback.
+#[test]
+fn a_read_only_map_says_so_in_a_real_browser() {
+    use starmesh_node::replicant::{self, Config};
+    use starmesh_node::store::embedded::EmbeddedStore;
+    use starmesh_node::web_map::{self, Control, WebState, feed::Feed};
+    use std::sync::Arc;
+
+    struct ReadOnly;
+    impl Control for ReadOnly {
+        fn kill_allowed(&self) -> bool {
+            false
+        }
+        fn kill_server(&self, _: &str) -> bool {
+            false
+        }
+    }
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fixture =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sol.yaml");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let (addr, running) = rt.block_on(async {
+        let mesh = starmesh_node::resources::load(std::slice::from_ref(&fixture), "0")
+            .expect("valid fixture");
+        let (mut system, mut layout) = (None, None);
+        for r in starmesh_api::yaml::load_path(&fixture).expect("fixture") {
+            match r {
+                starmesh_api::Resource::StarSystem(s) => system = Some(s),
+                starmesh_api::Resource::ServerLayout(l) => layout = Some(l),
+            }
+        }
+        let (system, layout) = (system.expect("system"), layout.expect("layout"));
+        let store = Arc::new(EmbeddedStore::open(dir.path()).expect("store"));
+        let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        let running = replicant::start(&mesh, Config::default(), store, loopback, loopback)
+            .await
+            .expect("replicant");
+        running.loaded().await;
+        let feed = Arc::new(Feed::new());
+        tokio::spawn(feed.clone().run(running.shared.clone()));
+        let territories: Vec<String> = mesh.map.names().iter().map(|t| t.to_string()).collect();
+        let json =
+            web_map::system::system_json(&mesh.system, &system.spec, &layout.spec, &territories);
+        let web = WebState {
+            shared: running.shared.clone(),
+            feed,
+            system: json.to_string().into(),
+            control: Arc::new(ReadOnly),
+        };
+        let listener = tokio::net::TcpListener::bind(loopback).await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        // Runs as long as the runtime: the test ends with it.
+        std::mem::forget(web_map::Server::start(listener, web));
+        (addr, running)
+    });
+
+    let (status, body) = local_support::mesh::http(addr, "POST", "/api/servers/s-earth/kill");
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("read-only"), "{body}");
+
+    let mut b = Browser::launch();
+    let page = b.new_page();
+    b.navigate(&page, &format!("http://{addr}/"));
+    b.wait_for(&page, "!!(window.starmesh && window.starmesh.ready())", Duration::from_secs(20));
+    assert_eq!(b.eval(&page, "starmesh.readOnly()"), Value::Bool(true));
+    let banner = b.eval(
+        &page,
+        "(e => !e.hidden && e.offsetHeight > 0 && e.textContent)(document.getElementById('readonly-banner'))",
+    );
+    assert!(
+        banner.as_str().is_some_and(|t| t.contains("Read-only map")),
+        "the banner is shown: {banner:?}"
+    );
+    b.eval(&page, "starmesh.select({type: 'server', name: 's-earth'}); true");
+    assert_eq!(
+        b.eval(&page, "document.querySelectorAll('#details button').length"),
+        Value::from(0),
+        "no kill button on a read-only map"
+    );
+    b.screenshot(
+        &page,
+        &std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("local-web-map-read-only.png"),
+    );
+    let errors = b.errors();
+    b.close();
+    assert!(errors.is_empty(), "console errors: {errors:#?}");
+    rt.block_on(running.shutdown());
 }

@@ -390,3 +390,216 @@ async fn hostile_input_ends_only_its_own_stream() {
     assert!(metric(&text, "starmesh_bad_messages_total") >= 4.0, "{text}");
     r.shutdown().await;
 }
+
+/// Sum of every sample of a (labelled) counter whose labels contain `labels`.
+fn metric_sum(text: &str, name: &str, labels: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
+
+/// A game server that crashes (its task aborted, as `starmesh local`'s kill
+/// button does) is a disconnect: counted in `starmesh_stream_disconnects_total`,
+/// never in `starmesh_bad_messages_total`. Several rounds, because an abort
+/// reaches the replicant either as a reset stream (h2 error) or as a stream
+/// ended with no goodbye, depending on which half is dropped first; both must
+/// be disconnects.
+#[tokio::test]
+async fn a_crashed_server_is_a_disconnect_not_a_bad_message() {
+    use starmesh_node::server::{self, ServerConfig, game::ExampleGame, metrics::Metrics};
+    let dir = tempfile::tempdir().unwrap();
+    let r = start(&sol(), fast_config(), store(&dir)).await;
+    let live = |r: &starmesh_node::replicant::Running| {
+        r.shared.lock().world.authority.live_servers().any(|(n, _)| n.as_ref() == "s-earth")
+    };
+    let wait = |want: bool| {
+        let r = &r;
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while live(r) != want {
+                assert!(tokio::time::Instant::now() < deadline, "s-earth live={want} in time");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    const ROUNDS: u32 = 6;
+    for _ in 0..ROUNDS {
+        let cfg = ServerConfig {
+            replicant: r.grpc_addr.to_string(),
+            name: "s-earth".into(),
+            tick_hz: 50,
+        };
+        let m = Arc::new(Metrics::new(cfg.period().as_secs_f64()));
+        let task = tokio::spawn(server::run(cfg, ExampleGame, m));
+        wait(true).await;
+        // Let it tick and write for a moment, so the crash comes mid-stream.
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        task.abort();
+        let _ = task.await;
+        wait(false).await;
+    }
+    let text = metrics(r.metrics_addr).await;
+    assert_eq!(metric(&text, "starmesh_bad_messages_total"), 0.0, "{text}");
+    let ended = metric_sum(&text, "starmesh_stream_disconnects_total", "link=\"server\"");
+    assert_eq!(ended, f64::from(ROUNDS), "every crash is one disconnect:\n{text}");
+    r.shutdown().await;
+}
+
+/// A TCP relay to `upstream` whose connections can be cut with a reset (RST,
+/// not FIN): what the replicant sees when a server's host or network dies
+/// under a live stream.
+async fn cuttable_relay(
+    upstream: std::net::SocketAddr,
+) -> (std::net::SocketAddr, Arc<tokio::sync::Notify>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let cut = Arc::new(tokio::sync::Notify::new());
+    let cut2 = cut.clone();
+    tokio::spawn(async move {
+        while let Ok((mut down, _)) = l.accept().await {
+            let cut = cut2.clone();
+            tokio::spawn(async move {
+                let Ok(mut up) = tokio::net::TcpStream::connect(upstream).await else { return };
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut down, &mut up) => {}
+                    _ = cut.notified() => {
+                        // Linger 0: closing sends RST, so the replicant's read fails mid-stream.
+                        let _ = up.set_zero_linger();
+                    }
+                }
+            });
+        }
+    });
+    (addr, cut)
+}
+
+#[tokio::test]
+async fn a_connection_reset_is_a_disconnect_not_a_bad_message() {
+    use starmesh_node::server::{self, ServerConfig, game::ExampleGame, metrics::Metrics};
+    let dir = tempfile::tempdir().unwrap();
+    let r = start(&sol(), fast_config(), store(&dir)).await;
+    let (relay, cut) = cuttable_relay(r.grpc_addr).await;
+    let cfg = ServerConfig { replicant: relay.to_string(), name: "s-earth".into(), tick_hz: 50 };
+    let m = Arc::new(Metrics::new(cfg.period().as_secs_f64()));
+    let task = tokio::spawn(server::run(cfg, ExampleGame, m));
+    let live =
+        || r.shared.lock().world.authority.live_servers().any(|(n, _)| n.as_ref() == "s-earth");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !live() {
+        assert!(tokio::time::Instant::now() < deadline, "s-earth connects through the relay");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    cut.notify_waiters();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = metrics(r.metrics_addr).await;
+        if metric_sum(&text, "starmesh_stream_disconnects_total", "how=\"reset\"") >= 1.0 {
+            break text;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the reset is counted:\n{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    task.abort();
+    assert_eq!(metric(&text, "starmesh_bad_messages_total"), 0.0, "{text}");
+    r.shutdown().await;
+}
+
+/// A player comes back after its ship was evicted (nobody near it for
+/// `evict_after`): the bubble goes to the ship, which streams back in and is
+/// handed to its territory's owner; inputs meanwhile are not routed to the
+/// owner of the player's placement (which would create a second ship there).
+#[tokio::test]
+async fn a_returning_player_gets_its_evicted_ship_back_not_a_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = starmesh_node::replicant::Config {
+        evict_after: Duration::from_millis(200),
+        ..fast_config()
+    };
+    let r = start(&sol(), cfg, store(&dir)).await;
+    let mut s = ServerClient::connect(r.grpc_addr, "s1").await;
+    // Alive throughout (the lease is short), so it stays the owner.
+    let beat = s.tx.clone();
+    let heartbeat = tokio::spawn(async move {
+        loop {
+            let hb = msg(server_message::Msg::Heartbeat(pb::Heartbeat {}));
+            if beat.send(hb).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let earth = s.grant_for("earth").await;
+    s.send(write(1, earth, 7, (1000.0, 0.0, 0.0))).await;
+    s.committed(1).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while r.shared.lock().world.evicted_len() == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the idle ship is evicted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The player is placed at the station, far from where its ship is.
+    let mut g =
+        pb::gateway_link_client::GatewayLinkClient::connect(format!("http://{}", r.grpc_addr))
+            .await
+            .unwrap();
+    let (gtx, grx) = tokio::sync::mpsc::channel(16);
+    let gmsg = |m| pb::GatewayMessage { msg: Some(m) };
+    gtx.send(gmsg(pb::gateway_message::Msg::Attach(pb::PlayerAttach {
+        player_id: 42,
+        entity_id: 7,
+        radius: 10.0,
+        position: v(-500.0, 0.0, 0.0),
+    })))
+    .await
+    .unwrap();
+    gtx.send(gmsg(pb::gateway_message::Msg::Input(pb::PlayerInput {
+        player_id: 42,
+        seq: 0,
+        input: Bytes::from_static(b"spawn"),
+        entity_id: 0,
+    })))
+    .await
+    .unwrap();
+    let mut gin =
+        g.session(tokio_stream::wrappers::ReceiverStream::new(grx)).await.unwrap().into_inner();
+    let ship = loop {
+        let u = tokio::time::timeout(Duration::from_secs(10), gin.message())
+            .await
+            .expect("the ship shows in the bubble")
+            .unwrap()
+            .unwrap();
+        let found = u.batch.unwrap().updates.into_iter().find_map(|x| match x.change {
+            Some(Change::Enter(e)) if e.id == 7 => Some(e),
+            _ => None,
+        });
+        if let Some(e) = found {
+            break e;
+        }
+    };
+    assert_eq!(ship.position.map(|p| p.x), Some(1000.0), "the same ship, where it was");
+    assert_eq!(ship.version, 1, "its version line continues (not a new ship)");
+    // Its owner got it back, and the spawn request never reached anyone.
+    let (handed, spawned) = {
+        let mut handed = false;
+        let mut spawned = false;
+        while let Ok(Ok(Some(m))) =
+            tokio::time::timeout(Duration::from_millis(300), s.rx.message()).await
+        {
+            match m.msg {
+                Some(Msg::HandoffIn(h)) if h.entity.as_ref().is_some_and(|e| e.id == 7) => {
+                    handed = true
+                }
+                Some(Msg::PlayerInput(i)) if i.input == Bytes::from_static(b"spawn") => {
+                    spawned = true
+                }
+                _ => {}
+            }
+        }
+        (handed, spawned)
+    };
+    assert!(handed, "the owner resumes the ship");
+    assert!(!spawned, "no spawn request for a ship that exists");
+    heartbeat.abort();
+    r.shutdown().await;
+}

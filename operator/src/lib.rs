@@ -10,6 +10,7 @@ pub mod checks;
 pub mod conditions;
 pub mod leader;
 pub mod metrics;
+pub mod players;
 pub mod server_layout;
 pub mod star_system;
 pub mod status;
@@ -52,6 +53,8 @@ pub struct Context {
     pub metrics: metrics::Metrics,
     /// Image of layouts that leave `spec.image` at its default (`--node-image`).
     pub node_image: String,
+    /// Read player counts from the replicants' metrics (only possible in the cluster).
+    pub player_counts: bool,
 }
 
 pub type Ctx = Arc<Context>;

@@ -62,6 +62,11 @@ struct Args {
     /// Node image used by layouts that leave spec.image at its default.
     #[arg(long, default_value = concat!("starmesh/node:", env!("CARGO_PKG_VERSION")), env = "STARMESH_NODE_IMAGE")]
     node_image: String,
+    /// Read live player counts from each ready replicant's metrics port into the status.
+    /// Default: on when running in a cluster (KUBERNETES_SERVICE_HOST set), since only
+    /// there are the Services' cluster IPs reachable.
+    #[arg(long, env = "STARMESH_PLAYER_COUNTS")]
+    player_counts: Option<bool>,
     /// Log format.
     #[arg(long, value_enum, default_value = "text", env = "STARMESH_LOG_FORMAT")]
     log_format: LogFormat,
@@ -213,6 +218,9 @@ async fn main() -> anyhow::Result<()> {
         recorder,
         metrics: metrics.clone(),
         node_image: args.node_image.clone(),
+        player_counts: args
+            .player_counts
+            .unwrap_or_else(|| std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()),
     });
     ready.store(true, Ordering::Relaxed);
     tracing::info!(namespace = ?args.namespace, identity = %identity, "starmesh-operator starting");

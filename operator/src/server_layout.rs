@@ -40,6 +40,7 @@ use crate::{
     builders::{self, FIELD_MANAGER, FINALIZER, LayoutRef, ShardIps},
     checks::{SystemLookup, check_server_layout},
     conditions::{self, VALID},
+    players,
     status::{self, ShardObservation, StatusInput},
 };
 
@@ -130,9 +131,13 @@ async fn apply_layout(layout: &ServerLayout, apis: &Apis, ctx: &Ctx) -> Result<A
 
     let mut apply_error = None;
     let mut shards = before.clone();
+    let mut ips = Vec::new();
     if let (Ok(()), Some(system)) = (&verdict, &system) {
         match apply_children(&lref, system, apis).await {
-            Ok(after) => shards = after,
+            Ok((after, shard_ips)) => {
+                shards = after;
+                ips = shard_ips;
+            }
             Err(e) => {
                 tracing::warn!(layout = %name, error = %e, "applying children failed");
                 apply_error = Some(e);
@@ -140,6 +145,8 @@ async fn apply_layout(layout: &ServerLayout, apis: &Apis, ctx: &Ctx) -> Result<A
         }
     }
 
+    let players =
+        if ctx.player_counts { count_players(&shards, &ips).await } else { BTreeMap::new() };
     let now = Time(Timestamp::now());
     let apply_message = apply_error.as_ref().map(ToString::to_string);
     let next = status::layout_status(&StatusInput {
@@ -150,6 +157,7 @@ async fn apply_layout(layout: &ServerLayout, apis: &Apis, ctx: &Ctx) -> Result<A
         verdict: &verdict,
         shards: &shards,
         apply_error: apply_message.as_deref(),
+        players: &players,
         now: &now,
     });
     if next != previous {
@@ -193,18 +201,44 @@ async fn apply_layout(layout: &ServerLayout, apis: &Apis, ctx: &Ctx) -> Result<A
         // A missing system is watched (a new StarSystem wakes its layouts), but a slow
         // requeue heals a missed event cheaply.
         Err(_) => Action::requeue(Duration::from_secs(60)),
+        // While shards run, the player counts in the status stay live.
+        Ok(()) if next.shards > 0 && ctx.player_counts => Action::requeue(PLAYER_COUNT_INTERVAL),
         Ok(()) if next.ready_shards < next.shards => Action::requeue(Duration::from_secs(30)),
         Ok(()) => Action::requeue(Duration::from_secs(300)),
     })
 }
 
+/// How often a layout with shards is requeued to refresh its player counts.
+pub const PLAYER_COUNT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Players per territory of every shard whose replicant is ready, read from its Service's
+/// metrics port (all shards at once, each bounded by `players::SCRAPE_TIMEOUT`). A shard
+/// that cannot be read is left out (it counts 0 until the next pass).
+async fn count_players(
+    shards: &BTreeMap<i32, ShardObservation>,
+    ips: &[ShardIps],
+) -> BTreeMap<i32, BTreeMap<String, i64>> {
+    let targets = ips.iter().filter_map(|s| {
+        let ready = shards.get(&s.index).is_some_and(|o| o.replicant_ready);
+        let ip: std::net::IpAddr = s.replicant.parse().ok()?;
+        let port = u16::try_from(builders::METRICS_PORT).ok()?;
+        (ready && !ip.is_unspecified()).then_some((s.index, std::net::SocketAddr::new(ip, port)))
+    });
+    let scrapes = targets.map(|(i, addr)| async move { (i, players::scrape(addr).await) });
+    futures::future::join_all(scrapes)
+        .await
+        .into_iter()
+        .filter_map(|(i, p)| Some((i, p?)))
+        .collect()
+}
+
 /// Applies every child of a valid layout and deletes the shards beyond `spec.shards`.
-/// Returns the shards' state as the API server answered the applies.
+/// Returns the shards' state as the API server answered the applies, and their Service IPs.
 async fn apply_children(
     l: &LayoutRef<'_>,
     system: &StarSystem,
     apis: &Apis,
-) -> Result<BTreeMap<i32, ShardObservation>> {
+) -> Result<(BTreeMap<i32, ShardObservation>, Vec<ShardIps>)> {
     let shards = l.spec.shards.max(0);
     // Services first: the mesh map needs their cluster IPs, and pods created afterwards
     // mount a map that already has every address.
@@ -230,7 +264,7 @@ async fn apply_children(
         deps.push(apply(&apis.deployments, &builders::gateway_deployment(l, i)).await?);
     }
     delete_shards_from(l, shards, apis).await?;
-    Ok(status::observe(&sts, &deps))
+    Ok((status::observe(&sts, &deps), ips))
 }
 
 /// Deletes every child (StatefulSets, Deployments, Services) of shards `>= from`.

@@ -112,11 +112,14 @@ pub struct StatusInput<'a> {
     pub shards: &'a BTreeMap<i32, ShardObservation>,
     /// A failure applying children this time (the message), if any.
     pub apply_error: Option<&'a str>,
+    /// Players per territory of each shard whose replicant could be read (see
+    /// `players.rs`); a shard missing here counts 0.
+    pub players: &'a BTreeMap<i32, BTreeMap<String, i64>>,
     pub now: &'a Time,
 }
 
-/// The full status to apply. `players` stays 0 until the replicant's admin API reports
-/// player counts (issue 8); the field exists so the printer column is stable.
+/// The full status to apply. Player counts come from `input.players`: per shard the sum
+/// over its territories, per territory the sum over shards, and the total.
 pub fn layout_status(input: &StatusInput<'_>) -> ServerLayoutStatus {
     let shards: Vec<&ShardObservation> = input.shards.values().collect();
     let existing = i32::try_from(shards.len()).unwrap_or(i32::MAX);
@@ -125,13 +128,28 @@ pub fn layout_status(input: &StatusInput<'_>) -> ServerLayoutStatus {
     let servers: i32 = shards.iter().map(|s| s.servers_desired).sum();
 
     let desired = desired_conditions(input, existing, ready_shards);
+    let shard_players = |i: i32| -> i64 {
+        input
+            .players
+            .get(&i)
+            .map(|t| t.values().fold(0i64, |a, v| a.saturating_add(*v)))
+            .unwrap_or(0)
+    };
+    let players = shards.iter().fold(0i64, |a, s| a.saturating_add(shard_players(s.index)));
+    let mut territories = builders::territory_owners(input.spec);
+    for t in &mut territories {
+        t.players = shards
+            .iter()
+            .filter_map(|s| input.players.get(&s.index)?.get(&t.name))
+            .fold(0i64, |a, v| a.saturating_add(*v));
+    }
     ServerLayoutStatus {
         observed_generation: input.generation,
         conditions: conditions::merge(input.previous, &desired, input.generation, input.now),
         shards: existing,
         ready_shards,
         servers,
-        players: 0,
+        players,
         selector: Some(builders::scale_selector(input.name)),
         shard_statuses: shards
             .iter()
@@ -141,10 +159,10 @@ pub fn layout_status(input: &StatusInput<'_>) -> ServerLayoutStatus {
                 ready_servers: s.servers_ready,
                 servers: s.servers_desired,
                 gateway_ready: s.gateway_desired > 0 && s.gateway_available >= s.gateway_desired,
-                players: 0,
+                players: shard_players(s.index),
             })
             .collect(),
-        territories: builders::territory_owners(input.spec),
+        territories,
     }
 }
 
@@ -285,6 +303,7 @@ mod tests {
             verdict: &Ok(()),
             shards: &shards,
             apply_error: None,
+            players: &BTreeMap::new(),
             now: &now(),
         });
         assert_eq!((s.shards, s.ready_shards, s.servers, s.players), (1, 0, 6, 0));
@@ -303,6 +322,34 @@ mod tests {
     }
 
     #[test]
+    fn player_counts_per_shard_territory_and_total() {
+        let (sts, dep) = children(true);
+        let shards = observe(&sts, &dep);
+        let spec = layout_spec();
+        let territory = builders::territory_owners(&spec)[0].name.clone();
+        let players = BTreeMap::from([
+            (0, BTreeMap::from([(territory.clone(), 7), ("deep-space".to_string(), 3)])),
+            // A shard that does not exist is not counted.
+            (5, BTreeMap::from([(territory.clone(), 100)])),
+        ]);
+        let s = layout_status(&StatusInput {
+            spec: &spec,
+            name: "stanton",
+            generation: Some(2),
+            previous: &[],
+            verdict: &Ok(()),
+            shards: &shards,
+            apply_error: None,
+            players: &players,
+            now: &now(),
+        });
+        assert_eq!(s.players, 10);
+        assert_eq!(s.shard_statuses[0].players, 10);
+        let t = s.territories.iter().find(|t| t.name == territory).expect("territory");
+        assert_eq!(t.players, 7);
+    }
+
+    #[test]
     fn ready_pods_mean_ready() {
         let (sts, dep) = children(true);
         let shards = observe(&sts, &dep);
@@ -315,6 +362,7 @@ mod tests {
             verdict: &Ok(()),
             shards: &shards,
             apply_error: None,
+            players: &BTreeMap::new(),
             now: &now(),
         });
         assert_eq!(s.ready_shards, 1);
@@ -341,6 +389,7 @@ mod tests {
             verdict: &invalid,
             shards: &shards,
             apply_error: None,
+            players: &BTreeMap::new(),
             now: &now(),
         });
         assert_eq!(cond(&s, VALID).reason, "TerritoryUnowned");
@@ -361,6 +410,7 @@ mod tests {
         verdict: &'a Result<(), Invalid>,
     ) -> StatusInput<'a> {
         static EMPTY: BTreeMap<i32, ShardObservation> = BTreeMap::new();
+        static NO_PLAYERS: BTreeMap<i32, BTreeMap<String, i64>> = BTreeMap::new();
         static NOW: std::sync::LazyLock<Time> = std::sync::LazyLock::new(now);
         StatusInput {
             spec,
@@ -370,6 +420,7 @@ mod tests {
             verdict,
             shards: &EMPTY,
             apply_error: None,
+            players: &NO_PLAYERS,
             now: &NOW,
         }
     }

@@ -7,10 +7,11 @@
 
 pub mod observer;
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::wire::pb::{self, player_message, player_update};
@@ -33,6 +34,52 @@ pub struct BotsConfig {
     pub probe_interval: Duration,
 }
 
+/// Jump-gate behaviour of the bots (`starmesh bots --gate-share ...`).
+#[derive(Clone, Debug)]
+pub struct GateOptions {
+    /// Fraction (0..=1) of bots whose route ends at a jump gate of the system.
+    pub share: f64,
+    /// Longest a transfer may keep the ship out of both systems' bubbles
+    /// (from its last sight in the old system to its first in the new one).
+    pub bound: Duration,
+}
+
+impl Default for GateOptions {
+    fn default() -> Self {
+        Self { share: 0.0, bound: Duration::from_secs(30) }
+    }
+}
+
+/// Stops the bots early (as at the end of `duration`: they report). Made by
+/// `Stop::new` (stop with the sender: `send(true)`), or `Stop::never`.
+#[derive(Clone, Debug)]
+pub struct Stop(Option<watch::Receiver<bool>>);
+
+impl Stop {
+    pub fn new() -> (watch::Sender<bool>, Stop) {
+        let (tx, rx) = watch::channel(false);
+        (tx, Stop(Some(rx)))
+    }
+
+    pub fn never() -> Stop {
+        Stop(None)
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.0.as_ref().is_some_and(|r| *r.borrow())
+    }
+
+    /// Resolves once stopped (never for `Stop::never` or a dropped sender).
+    pub async fn stopped(&mut self) {
+        if let Some(rx) = self.0.as_mut()
+            && rx.wait_for(|s| *s).await.is_ok()
+        {
+            return;
+        }
+        std::future::pending::<()>().await
+    }
+}
+
 #[derive(Debug, Default)]
 struct BotResult {
     joined: bool,
@@ -41,6 +88,10 @@ struct BotResult {
     obs: Observer,
     inputs_sent: u64,
     inputs_dropped: u64,
+    /// Transfers to a system whose gateway the bot was not told.
+    gate_unfollowed: u64,
+    /// Sightings of the own ship in the old system after its jump.
+    seen_in_both: u64,
 }
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -63,6 +114,19 @@ pub struct Report {
     pub inputs_sent: u64,
     pub inputs_dropped_by_gateway: u64,
     pub duration_s: f64,
+    /// Ships that left through a jump gate and were followed to the other system.
+    pub gate_transfers: u64,
+    pub gate_gap_ms_p50: f64,
+    pub gate_gap_ms_max: f64,
+    /// Transfers whose ship was in neither system longer than the bound.
+    pub gate_gaps_over_bound: u64,
+    /// Transfers the bot could not follow (no gateway for the target system).
+    pub gate_unfollowed: u64,
+    /// Sightings of a ship in the system it had left, in the seconds after its jump
+    /// (it must be in exactly one system).
+    pub gate_seen_in_both: u64,
+    /// True when stopped early (Ctrl-C) rather than at the end of the duration.
+    pub stopped_early: bool,
     pub violations: Vec<String>,
 }
 
@@ -104,6 +168,17 @@ impl Report {
                 "inputs sent / dropped by gateway",
                 format!("{} / {}", self.inputs_sent, self.inputs_dropped_by_gateway),
             ),
+            (
+                "gate transfers (unfollowed, seen in both)",
+                format!(
+                    "{} ({}, {})",
+                    self.gate_transfers, self.gate_unfollowed, self.gate_seen_in_both
+                ),
+            ),
+            (
+                "gate gap p50/max (ms)",
+                format!("{:.0}/{:.0}", self.gate_gap_ms_p50, self.gate_gap_ms_max),
+            ),
             ("duration (s)", format!("{:.1}", self.duration_s)),
             (
                 "invariants",
@@ -119,8 +194,9 @@ impl Report {
     }
 }
 
-fn aggregate(results: Vec<BotResult>, n: usize, duration: Duration) -> Report {
+fn aggregate(results: Vec<BotResult>, n: usize, duration: Duration, bound: Duration) -> Report {
     let mut r = Report { players: n, duration_s: duration.as_secs_f64(), ..Default::default() };
+    let mut gaps: Vec<f64> = Vec::new();
     let mut lat: Vec<f64> = Vec::new();
     let mut ticks: Vec<u64> = Vec::new();
     let mut never = 0;
@@ -140,6 +216,14 @@ fn aggregate(results: Vec<BotResult>, n: usize, duration: Duration) -> Report {
         r.inputs_sent += b.inputs_sent;
         r.inputs_dropped_by_gateway += b.inputs_dropped;
         lat.extend(b.obs.input_latency_s.iter().map(|s| s * 1000.0));
+        r.gate_transfers += b.obs.gate_transfers;
+        r.gate_unfollowed += b.gate_unfollowed;
+        r.gate_seen_in_both += b.seen_in_both;
+        gaps.extend(b.obs.gate_gaps_s.iter().map(|s| s * 1000.0));
+        // A transfer still open at the end counts with its gap so far.
+        if let Some(open) = b.obs.in_gate_for(duration.as_secs_f64()) {
+            gaps.push(open * 1000.0);
+        }
         ticks.extend(&b.obs.handoff_ticks);
     }
     r.update_latency_samples = lat.len();
@@ -148,6 +232,28 @@ fn aggregate(results: Vec<BotResult>, n: usize, duration: Duration) -> Report {
     r.handoff_latency_samples = ticks.len();
     r.handoff_latency_ticks_p50 = quantile(&mut ticks, 0.5);
     r.handoff_latency_ticks_p99 = quantile(&mut ticks, 0.99);
+    let bound_ms = bound.as_secs_f64() * 1000.0;
+    r.gate_gaps_over_bound = gaps.iter().filter(|g| **g > bound_ms).count() as u64;
+    r.gate_gap_ms_max = gaps.iter().copied().fold(0.0, f64::max);
+    r.gate_gap_ms_p50 = quantile(&mut gaps, 0.5);
+    if r.gate_gaps_over_bound > 0 {
+        r.violations.push(format!(
+            "{} ships in neither system for longer than {bound:?} during a jump",
+            r.gate_gaps_over_bound
+        ));
+    }
+    if r.gate_seen_in_both > 0 {
+        r.violations.push(format!(
+            "{} sightings of ships in the system they had left through a gate",
+            r.gate_seen_in_both
+        ));
+    }
+    if r.gate_unfollowed > 0 {
+        r.violations.push(format!(
+            "{} jumps to a system without a known gateway (--gateway-peer)",
+            r.gate_unfollowed
+        ));
+    }
     if never > 0 {
         r.violations.push(format!("{never} players never connected"));
     }
@@ -199,23 +305,83 @@ pub fn choose_route(j: &pb::JoinResponse, seed: u64) -> Vec<pb::Waypoint> {
     vec![wp(target), wp(spawn)]
 }
 
-pub async fn run(cfg: BotsConfig) -> anyhow::Result<Report> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", cfg.gateway))?
+/// A route that ends at one of the system's jump gates (after a dock in
+/// another territory when there is one), or `choose_route` when there is none.
+pub fn choose_gate_route(j: &pb::JoinResponse, seed: u64) -> Vec<pb::Waypoint> {
+    let gates: Vec<&pb::Destination> =
+        j.destinations.iter().filter(|d| d.kind == "jumpGate").collect();
+    let Some(g) = gates.get((splitmix(seed ^ 0x6a7e) % gates.len().max(1) as u64) as usize) else {
+        return choose_route(j, seed);
+    };
+    let mut route: Vec<pb::Waypoint> = choose_route(j, seed).into_iter().take(1).collect();
+    route.push(pb::Waypoint { name: g.name.clone(), position: g.position, radius: g.radius });
+    route
+}
+
+/// Whether bot `i` flies into a gate, for a share in 0..=1.
+fn takes_gate(i: usize, share: f64) -> bool {
+    (splitmix(i as u64 ^ 0x0067_6174_6573) % 1_000_000) as f64 / 1e6 < share
+}
+
+/// Channels to gateways by address: the first one dialled up front, the ones
+/// players are transferred to lazily, shared by all bots.
+#[derive(Clone, Default)]
+struct Gateways(Arc<Mutex<HashMap<String, Vec<tonic::transport::Channel>>>>);
+
+fn endpoint(addr: &str) -> anyhow::Result<tonic::transport::Endpoint> {
+    Ok(tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true);
+        .tcp_nodelay(true))
+}
+
+impl Gateways {
+    /// One of the channels to `addr` for bot `i`.
+    fn channel(
+        &self,
+        addr: &str,
+        i: usize,
+        conns: usize,
+    ) -> anyhow::Result<tonic::transport::Channel> {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if !m.contains_key(addr) {
+            let ep = endpoint(addr)?;
+            m.insert(addr.to_string(), (0..conns.max(1)).map(|_| ep.connect_lazy()).collect());
+        }
+        let v = m.get(addr).ok_or_else(|| anyhow::anyhow!("no channel"))?;
+        v.get(i % v.len().max(1)).cloned().ok_or_else(|| anyhow::anyhow!("no channel"))
+    }
+}
+
+pub async fn run(cfg: BotsConfig, stop: Stop) -> anyhow::Result<Report> {
+    run_with(cfg, GateOptions::default(), stop).await
+}
+
+/// `run` with jump-gate routes: a bot whose ship leaves through a gate follows
+/// it to the target system's gateway (the gateway's `Transferred`).
+pub async fn run_with(cfg: BotsConfig, gates: GateOptions, stop: Stop) -> anyhow::Result<Report> {
+    let endpoint = endpoint(&cfg.gateway)?;
+    let conns = cfg.n.div_ceil(PLAYERS_PER_CONNECTION).max(1);
     let mut channels = Vec::new();
-    for _ in 0..cfg.n.div_ceil(PLAYERS_PER_CONNECTION).max(1) {
+    for _ in 0..conns {
         channels.push(endpoint.connect().await?);
     }
+    let gateways = Gateways::default();
+    gateways.0.lock().unwrap_or_else(|p| p.into_inner()).insert(cfg.gateway.clone(), channels);
     let start = Instant::now();
     let deadline = start + cfg.duration;
     let results = Arc::new(Mutex::new(Vec::with_capacity(cfg.n)));
     let mut tasks = Vec::with_capacity(cfg.n);
     for i in 0..cfg.n {
-        let ch = channels[i % channels.len()].clone();
-        let (cfg, results) = (cfg.clone(), results.clone());
+        if stop.is_stopped() {
+            break;
+        }
+        let ch = gateways.channel(&cfg.gateway, i, conns)?;
+        let (cfg, results, gates, gateways) =
+            (cfg.clone(), results.clone(), gates.clone(), gateways.clone());
+        let stop = stop.clone();
         tasks.push(tokio::spawn(async move {
-            let r = bot(i, ch, &cfg, start, deadline).await;
+            let ctx = Ctx { cfg: &cfg, gates: &gates, gateways: &gateways, conns, start, deadline };
+            let r = bot(i, ch, ctx, stop).await;
             results.lock().unwrap_or_else(|p| p.into_inner()).push(r);
         }));
         // Spread logins over the first second rather than one thundering herd.
@@ -226,97 +392,211 @@ pub async fn run(cfg: BotsConfig) -> anyhow::Result<Report> {
     for t in tasks {
         let _ = t.await;
     }
-    let results = std::mem::take(&mut *results.lock().unwrap_or_else(|p| p.into_inner()));
-    Ok(aggregate(results, cfg.n, start.elapsed()))
+    let mut results = std::mem::take(&mut *results.lock().unwrap_or_else(|p| p.into_inner()));
+    // Bots not started before a stop never joined; they are not counted as failures.
+    let n = if stop.is_stopped() { results.len() } else { cfg.n };
+    results.truncate(n);
+    let mut r = aggregate(results, n, start.elapsed(), gates.bound);
+    r.stopped_early = stop.is_stopped();
+    Ok(r)
 }
 
-async fn bot(
-    i: usize,
-    ch: tonic::transport::Channel,
-    cfg: &BotsConfig,
+#[derive(Clone, Copy)]
+struct Ctx<'a> {
+    cfg: &'a BotsConfig,
+    gates: &'a GateOptions,
+    gateways: &'a Gateways,
+    conns: usize,
     start: Instant,
     deadline: Instant,
-) -> BotResult {
+}
+
+async fn bot(i: usize, ch: tonic::transport::Channel, ctx: Ctx<'_>, mut stop: Stop) -> BotResult {
+    let Ctx { cfg, start, deadline, .. } = ctx;
     let mut res = BotResult::default();
     let name = format!("{}-{i}", cfg.prefix);
     let mut client = pb::player_link_client::PlayerLinkClient::new(ch)
         .max_decoding_message_size(4 * 1024 * 1024);
     let now = || start.elapsed().as_secs_f64();
-    let join = loop {
-        match client.join(pb::JoinRequest { name: name.clone() }).await {
-            Ok(r) => break r.into_inner(),
-            Err(e) => {
-                if Instant::now() > deadline {
-                    tracing::warn!(bot = %name, error = %e, "could not join");
-                    return res;
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    };
-    res.joined = true;
-    res.obs = Observer::new(join.entity_id);
-    let route = choose_route(&join, i as u64);
     let mut seq = 0u64;
-    let mut first = true;
-    'session: while Instant::now() < deadline {
-        if !first {
-            res.reconnects += 1;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        first = false;
-        let (tx, rx) = mpsc::channel(16);
-        let hello = player_message::Msg::Hello(pb::PlayHello { token: join.token.clone() });
-        let _ = tx.try_send(pb::PlayerMessage { msg: Some(hello) });
-        let mut stream = match client.play(ReceiverStream::new(rx)).await {
-            Ok(s) => s.into_inner(),
-            Err(e) => {
-                tracing::debug!(bot = %name, error = %e, "play failed");
-                continue;
+    let mut first_system = true;
+    let mut watchers = Vec::new();
+    let gate_bot = takes_gate(i, ctx.gates.share);
+    // A ship between systems at the deadline (left the bubble, or jumped and
+    // not yet seen in the new system) gets up to the bound to show up.
+    let end = |obs: &Observer| {
+        if gate_bot && obs.between_systems() { deadline + ctx.gates.bound } else { deadline }
+    };
+    // One pass per StarSystem the ship is in: join its gateway, play until the
+    // end, or until the gateway says the ship left through a jump gate.
+    'system: loop {
+        let join = loop {
+            if stop.is_stopped() {
+                res.obs.finish();
+                return res;
+            }
+            match client.join(pb::JoinRequest { name: name.clone() }).await {
+                Ok(r) => break r.into_inner(),
+                Err(e) => {
+                    if Instant::now() > end(&res.obs) {
+                        tracing::warn!(bot = %name, error = %e, "could not join");
+                        if !first_system {
+                            res.obs.finish();
+                        }
+                        return res;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
             }
         };
-        res.streamed = true;
-        res.obs.reset_view();
-        // Start the probes at a random phase so N bots do not send in lockstep.
-        let phase = Duration::from_millis(
-            splitmix(i as u64 ^ 0xabcd) % cfg.probe_interval.as_millis().max(1) as u64,
-        );
-        let mut probe =
-            tokio::time::interval_at(tokio::time::Instant::now() + phase, cfg.probe_interval);
-        probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep_until(deadline.into()) => break 'session,
-                _ = probe.tick() => {
-                    seq += 1;
-                    // The route goes with every probe until the ship shows it: the
-                    // first commands may arrive before the ship exists.
-                    let with_route = res.obs.route_len == 0;
-                    let cmd = pb::ShipCommand {
-                        seq,
-                        route: if with_route { route.clone() } else { Vec::new() },
-                        max_speed: cfg.speed,
-                        thrust: None,
-                    };
-                    if tx.try_send(pb::PlayerMessage { msg: Some(player_message::Msg::Input(cmd)) }).is_ok() {
-                        res.inputs_sent += 1;
-                        res.obs.sent(seq, now());
-                    }
+        if first_system {
+            res.joined = true;
+            res.obs = Observer::new(join.entity_id);
+        }
+        // In a new system the server gave the ship a route there: send none.
+        let route = if !first_system {
+            Vec::new()
+        } else if gate_bot {
+            choose_gate_route(&join, i as u64)
+        } else {
+            choose_route(&join, i as u64)
+        };
+        let mut first = true;
+        first_system = false;
+        'session: while Instant::now() < end(&res.obs) {
+            if !first {
+                res.reconnects += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            first = false;
+            let (tx, rx) = mpsc::channel(16);
+            let hello = player_message::Msg::Hello(pb::PlayHello { token: join.token.clone() });
+            let _ = tx.try_send(pb::PlayerMessage { msg: Some(hello) });
+            let mut stream = match client.play(ReceiverStream::new(rx)).await {
+                Ok(s) => s.into_inner(),
+                Err(e) => {
+                    tracing::debug!(bot = %name, error = %e, "play failed");
+                    continue;
                 }
-                m = stream.message() => match m {
-                    Ok(Some(u)) => match u.msg {
-                        Some(player_update::Msg::Bubble(b)) => res.obs.batch(&b, now()),
-                        Some(player_update::Msg::InputsDropped(n)) => res.inputs_dropped += n,
-                        None => {}
+            };
+            res.streamed = true;
+            res.obs.reset_view();
+            // Start the probes at a random phase so N bots do not send in lockstep.
+            let phase = Duration::from_millis(
+                splitmix(i as u64 ^ 0xabcd) % cfg.probe_interval.as_millis().max(1) as u64,
+            );
+            let mut probe =
+                tokio::time::interval_at(tokio::time::Instant::now() + phase, cfg.probe_interval);
+            probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(end(&res.obs).into()) => break 'session,
+                    _ = stop.stopped() => break 'session,
+                    _ = probe.tick() => {
+                        seq += 1;
+                        // The route goes with every probe until the ship shows it: the
+                        // first commands may arrive before the ship exists.
+                        let with_route = res.obs.route_len == 0;
+                        let cmd = pb::ShipCommand {
+                            seq,
+                            route: if with_route { route.clone() } else { Vec::new() },
+                            max_speed: cfg.speed,
+                            thrust: None,
+                        };
+                        if tx.try_send(pb::PlayerMessage { msg: Some(player_message::Msg::Input(cmd)) }).is_ok() {
+                            res.inputs_sent += 1;
+                            res.obs.sent(seq, now());
+                        }
+                    }
+                    m = stream.message() => match m {
+                        Ok(Some(u)) => match u.msg {
+                            Some(player_update::Msg::Bubble(b)) => res.obs.batch(&b, now()),
+                            Some(player_update::Msg::InputsDropped(n)) => res.inputs_dropped += n,
+                            Some(player_update::Msg::Transferred(t)) => {
+                                res.obs.transferred(now());
+                                tracing::info!(bot = %name, system = %t.system, gateway = %t.gateway, "ship jumped; following it");
+                                match ctx.gateways.channel(&t.gateway, i, ctx.conns) {
+                                    Ok(ch) if !t.gateway.is_empty() => {
+                                        // Keep an eye on the old system a while: the ship
+                                        // must not show there again.
+                                        watchers.push(watch_old(
+                                            client.clone(),
+                                            join.token.clone(),
+                                            join.entity_id,
+                                        ));
+                                        client = pb::player_link_client::PlayerLinkClient::new(ch)
+                                            .max_decoding_message_size(4 * 1024 * 1024);
+                                        continue 'system;
+                                    }
+                                    _ => {
+                                        res.gate_unfollowed += 1;
+                                        break 'session;
+                                    }
+                                }
+                            }
+                            None => {}
+                        },
+                        Ok(None) => { tracing::warn!(bot = %name, "stream ended; reconnecting"); continue 'session }
+                        Err(e) => { tracing::warn!(bot = %name, error = %e, "stream broke; reconnecting"); continue 'session }
                     },
-                    Ok(None) => { tracing::warn!(bot = %name, "stream ended; reconnecting"); continue 'session }
-                    Err(e) => { tracing::warn!(bot = %name, error = %e, "stream broke; reconnecting"); continue 'session }
-                },
+                }
             }
         }
+        break 'system;
+    }
+    for w in watchers {
+        res.seen_in_both += w.await.unwrap_or(0);
     }
     res.obs.finish();
     res
+}
+
+/// How long after a jump a bot watches the old system for its ship.
+const GATE_WATCH: Duration = Duration::from_secs(3);
+
+/// Opens a second stream to the old system's gateway for `GATE_WATCH` and
+/// counts sightings of the own ship there (it must be in exactly one system;
+/// the gateway re-attaches the player, so its bubble would show the ship if
+/// that system still or again held it).
+fn watch_old(
+    mut client: pb::player_link_client::PlayerLinkClient<tonic::transport::Channel>,
+    token: String,
+    own: u64,
+) -> tokio::task::JoinHandle<u64> {
+    tokio::spawn(async move {
+        let (tx, rx) = mpsc::channel(1);
+        let hello = player_message::Msg::Hello(pb::PlayHello { token });
+        let _ = tx.try_send(pb::PlayerMessage { msg: Some(hello) });
+        let Ok(stream) = client.play(ReceiverStream::new(rx)).await else { return 0 };
+        let mut stream = stream.into_inner();
+        let end = tokio::time::Instant::now() + GATE_WATCH;
+        let mut seen = 0;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(end) => break,
+                m = stream.message() => match m {
+                    Ok(Some(pb::PlayerUpdate { msg: Some(player_update::Msg::Bubble(b)) })) => {
+                        seen += b
+                            .updates
+                            .iter()
+                            .filter(|u| match &u.change {
+                                Some(pb::entity_update::Change::Enter(e)) => e.id == own,
+                                Some(pb::entity_update::Change::Delta(d)) => d.id == own,
+                                _ => false,
+                            })
+                            .count() as u64;
+                    }
+                    Ok(Some(_)) => {}
+                    _ => break,
+                },
+            }
+        }
+        drop(tx);
+        if seen > 0 {
+            tracing::warn!(entity = own, seen, "own ship seen in the old system after its jump");
+        }
+        seen
+    })
 }
 
 #[cfg(test)]
@@ -357,10 +637,47 @@ mod tests {
     }
 
     #[test]
+    fn gate_routes_end_in_a_gate() {
+        let mut j = pb::JoinResponse {
+            spawn: "lz".into(),
+            destinations: vec![
+                dest("lz", "landingZone", 0.0, "a"),
+                dest("st-b", "station", 10.0, "b"),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(choose_gate_route(&j, 1), choose_route(&j, 1), "no gate: the usual route");
+        j.destinations.push(dest("gate", "jumpGate", 50.0, "deep-space"));
+        let r = choose_gate_route(&j, 1);
+        let names: Vec<&str> = r.iter().map(|w| w.name.as_str()).collect();
+        assert_eq!(names, ["st-b", "gate"]);
+        assert!((0..100).all(|i| takes_gate(i, 1.0)));
+        assert!(!(0..100).any(|i| takes_gate(i, 0.0)));
+        let half = (0..1000).filter(|i| takes_gate(*i, 0.5)).count();
+        assert!((400..600).contains(&half), "{half}");
+    }
+
+    #[tokio::test]
+    async fn stop_ends_the_run_and_never_never_does() {
+        let (tx, mut stop) = Stop::new();
+        assert!(!stop.is_stopped());
+        tx.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(1), stop.stopped()).await.unwrap();
+        assert!(stop.is_stopped());
+        let mut never = Stop::never();
+        assert!(tokio::time::timeout(Duration::from_millis(20), never.stopped()).await.is_err());
+    }
+
+    #[test]
     fn violations_are_reported() {
         let mut lost = BotResult { joined: true, streamed: true, ..Default::default() };
         lost.obs.lost = 1;
-        let r = aggregate(vec![lost, BotResult::default()], 2, Duration::from_secs(1));
+        let r = aggregate(
+            vec![lost, BotResult::default()],
+            2,
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+        );
         assert_eq!(r.connected, 1);
         assert_eq!(r.violations.len(), 2);
         assert!(r.table().contains("VIOLATED"));
@@ -368,8 +685,15 @@ mod tests {
             vec![BotResult { joined: true, streamed: true, ..Default::default() }],
             1,
             Duration::ZERO,
+            Duration::from_secs(1),
         );
         assert!(ok.ok());
+        let mut slow = BotResult { joined: true, streamed: true, ..Default::default() };
+        slow.obs.gate_transfers = 1;
+        slow.obs.gate_gaps_s = vec![5.0];
+        let r = aggregate(vec![slow], 1, Duration::from_secs(9), Duration::from_secs(2));
+        assert_eq!((r.gate_transfers, r.gate_gaps_over_bound), (1, 1));
+        assert!(!r.ok(), "{:?}", r.violations);
     }
 }
 
@@ -396,6 +720,14 @@ pub struct BotsArgs {
     /// Milliseconds between a bot's commands (latency probes).
     #[arg(long, default_value_t = 250)]
     pub probe_ms: u64,
+    /// Fraction (0..=1) of bots whose route ends at a jump gate; they follow their ship
+    /// to the target system's gateway (which the gateway names: `--gateway-peer`).
+    #[arg(long, default_value_t = 0.0)]
+    pub gate_share: f64,
+    /// Longest a jump may keep a ship out of both systems' bubbles before it counts
+    /// as a violation, e.g. `30s`.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub gate_bound: Duration,
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -426,7 +758,18 @@ pub fn main(a: BotsArgs) -> anyhow::Result<()> {
         speed: a.speed.min(crate::wire::validate::MAX_SPEED_KM_S),
         probe_interval: Duration::from_millis(a.probe_ms.max(1)),
     };
-    let report = tokio::runtime::Runtime::new()?.block_on(run(cfg))?;
+    anyhow::ensure!((0.0..=1.0).contains(&a.gate_share), "--gate-share must be in 0..=1");
+    let gates = GateOptions { share: a.gate_share, bound: a.gate_bound };
+    let report = tokio::runtime::Runtime::new()?.block_on(async move {
+        // Ctrl-C ends the run early; the bots still report.
+        let (tx, stop) = Stop::new();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                let _ = tx.send(true);
+            }
+        });
+        run_with(cfg, gates, stop).await
+    })?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

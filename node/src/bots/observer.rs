@@ -8,7 +8,11 @@
 //! - handoffs: the own ship's territory changed, and how many replicant ticks
 //!   passed until the new owner's first write showed (handoff latency);
 //! - input latency: from sending command `seq` to the ship's state showing it;
-//! - stall: the longest time the own ship went without any update.
+//! - stall: the longest time the own ship went without any update;
+//! - jump gates: a `Leave` of the own ship followed by the gateway's
+//!   `Transferred` is a transfer, not a loss; the time from the last sight
+//!   in the old system to the first in the new one is the transfer's gap
+//!   (the ship is in neither bubble meanwhile).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -40,6 +44,14 @@ pub struct Observer {
     pub arrivals: u64,
     /// The own ship's route, as last seen (0 until a command reached it).
     pub route_len: usize,
+    /// The own ship's last `Leave` was counted as lost (undone by a transfer).
+    left_counted: bool,
+    /// Transferred through a gate at this time (its last sight before); until
+    /// the ship shows in the new system.
+    in_gate: Option<f64>,
+    pub gate_transfers: u64,
+    /// Seconds from the last sight in the old system to the first in the new.
+    pub gate_gaps_s: Vec<f64>,
 }
 
 impl Observer {
@@ -113,6 +125,7 @@ impl Observer {
                     self.known.remove(id);
                     if *id == self.own && self.own_seen {
                         self.lost += 1;
+                        self.left_counted = true;
                         self.own_seen = false;
                         tracing::warn!(entity = id, tick = b.tick, "own ship left the bubble");
                     }
@@ -129,7 +142,11 @@ impl Observer {
         comps: Option<&bytes::Bytes>,
         now: f64,
     ) {
-        if let Some(prev) = self.last_own_update {
+        self.left_counted = false;
+        if let Some(left) = self.in_gate.take() {
+            // First sight in the new system: the gap is the transfer's, not a stall.
+            self.gate_gaps_s.push((now - left).max(0.0));
+        } else if let Some(prev) = self.last_own_update {
             self.max_stall_s = self.max_stall_s.max(now - prev);
         }
         self.last_own_update = Some(now);
@@ -166,6 +183,31 @@ impl Observer {
                 }
             }
         }
+    }
+
+    /// The gateway said the own ship left through a jump gate (`Transferred`):
+    /// its `Leave` was no loss; the next stream is in another system.
+    pub fn transferred(&mut self, now: f64) {
+        if self.left_counted {
+            self.lost = self.lost.saturating_sub(1);
+            self.left_counted = false;
+        }
+        self.gate_transfers += 1;
+        self.in_gate = Some(self.last_own_update.unwrap_or(now).min(now));
+        self.own_seen = false;
+        self.own_territory = None;
+        self.pending_handoff = None;
+    }
+
+    /// The own ship left the bubble unexplained, or jumped and has not shown in
+    /// the new system yet.
+    pub fn between_systems(&self) -> bool {
+        self.left_counted || self.in_gate.is_some()
+    }
+
+    /// Seconds the own ship has been between systems (not yet seen in the new one).
+    pub fn in_gate_for(&self, now: f64) -> Option<f64> {
+        self.in_gate.map(|t| (now - t).max(0.0))
     }
 
     /// At the end of the run: a ship that is not in the bubble is lost.
@@ -259,6 +301,28 @@ mod tests {
         let mut never = Observer::new(9);
         never.finish();
         assert_eq!(never.lost, 1);
+    }
+
+    #[test]
+    fn a_gate_transfer_is_not_a_loss_and_its_gap_is_measured() {
+        let mut o = Observer::new(1);
+        o.batch(&b(1, vec![enter(st(1, 1, "a", 0))]), 1.0);
+        o.batch(&b(2, vec![pb::EntityUpdate { change: Some(Change::Leave(1)) }]), 1.5);
+        assert_eq!(o.lost, 1, "until the gateway explains it");
+        assert!(o.between_systems());
+        o.transferred(2.0);
+        assert!(o.between_systems());
+        assert_eq!((o.lost, o.gate_transfers), (0, 1));
+        assert_eq!(o.in_gate_for(3.0), Some(2.0));
+        o.reset_view();
+        // The new system: another territory, the version line continued.
+        o.batch(&b(7, vec![enter(st(1, 3, "z", 0))]), 4.0);
+        assert_eq!(o.gate_gaps_s, vec![3.0]);
+        assert!(!o.between_systems());
+        assert_eq!(o.handoffs, 0, "a jump is not a handoff");
+        assert_eq!(o.max_stall_s, 0.0, "nor a stall");
+        o.finish();
+        assert_eq!((o.lost, o.duplicated), (0, 0));
     }
 
     #[test]

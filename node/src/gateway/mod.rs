@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::model::{EntityId, PlayerId};
+use crate::model::{EntityId, PlayerId, Vec3};
 use crate::wire::pb::{self, entity_update::Change, gateway_message, player_update};
 use crate::wire::validate::{
     MAX_COORD_KM, MAX_NAME_LEN, MAX_RADIUS_KM, MAX_SPEED_KM_S, vec3_to_pb,
@@ -85,6 +85,7 @@ pub struct Metrics {
     pub replicant_reconnects: IntCounter,
     pub bad_messages: IntCounter,
     pub spawn_requests: IntCounter,
+    pub gate_transfers: IntCounter,
 }
 
 impl Metrics {
@@ -135,6 +136,10 @@ impl Metrics {
                 "Player streams ended by an invalid message",
             ),
             spawn_requests: c("starmesh_gateway_spawn_requests_total", "Ship spawn requests sent"),
+            gate_transfers: c(
+                "starmesh_gateway_gate_transfers_total",
+                "Players told their ship left through a jump gate (Transferred)",
+            ),
             registry: r,
         }
     }
@@ -163,6 +168,14 @@ pub struct Slot {
     stream: AtomicU64,
     active: AtomicBool,
     inputs_dropped: AtomicU64,
+    /// The ship's last position seen in the bubble (which gate it took).
+    last_pos: Mutex<Option<Vec3>>,
+    /// The ship left the bubble: maybe through a jump gate (asked of the replicant).
+    gone: AtomicBool,
+    /// A `Transferred` for the player's stream, and the stream generation
+    /// it was last queued for (once per stream).
+    transfer: Mutex<Option<pb::Transferred>>,
+    announced: AtomicU64,
 }
 
 impl Slot {
@@ -171,6 +184,22 @@ impl Slot {
     }
 
     fn deliver(&self, batch: pb::UpdateBatch, m: &Metrics) {
+        for u in &batch.updates {
+            let pos = match &u.change {
+                Some(Change::Enter(e)) if e.id == self.entity => e.position,
+                Some(Change::Delta(d)) if d.id == self.entity => d.position,
+                Some(Change::Leave(id)) if *id == self.entity => {
+                    self.gone.store(true, Ordering::Relaxed);
+                    continue;
+                }
+                _ => continue,
+            };
+            self.gone.store(false, Ordering::Relaxed);
+            if let Some(p) = pos {
+                *self.last_pos.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(Vec3::new(p.x, p.y, p.z));
+            }
+        }
         if !self.seen.load(Ordering::Relaxed)
             && batch.updates.iter().any(|u| match &u.change {
                 Some(Change::Enter(s)) => s.id == self.entity,
@@ -270,6 +299,10 @@ impl Hub {
                     stream: AtomicU64::new(0),
                     active: AtomicBool::new(false),
                     inputs_dropped: AtomicU64::new(0),
+                    last_pos: Mutex::new(None),
+                    gone: AtomicBool::new(false),
+                    transfer: Mutex::new(None),
+                    announced: AtomicU64::new(0),
                 })
             })
             .clone();
@@ -319,6 +352,41 @@ impl Hub {
     fn now(&self) -> f64 {
         self.started.elapsed().as_secs_f64()
     }
+
+    /// The player's ship departed through a jump gate (the replicant says so):
+    /// tell its stream where it went, once per stream.
+    fn transferred(&self, s: &Slot) {
+        let generation = s.stream.load(Ordering::SeqCst);
+        if s.announced.swap(generation, Ordering::SeqCst) == generation {
+            return;
+        }
+        let last = *s.last_pos.lock().unwrap_or_else(|p| p.into_inner());
+        let sys = &self.world.system;
+        // The gate it was at; without a position, the only gate (or the first).
+        let gate = last.and_then(|p| sys.nearest_gate(p)).or(sys.gates.first());
+        let Some(g) = gate else { return };
+        let msg = pb::Transferred {
+            system: g.target_system.clone(),
+            gateway: self.world.peers.get(&g.target_system).cloned().unwrap_or_default(),
+            gate: g.target_gate.clone(),
+            entity_id: s.entity,
+        };
+        tracing::info!(player = s.player, entity = s.entity, system = %msg.system, gateway = %msg.gateway, "ship left through a jump gate; player transferred");
+        self.metrics.gate_transfers.inc();
+        *s.transfer.lock().unwrap_or_else(|p| p.into_inner()) = Some(msg);
+        s.wake.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+/// A lazy Admin client to the replicant (jump-gate lookups).
+fn admin_client(
+    replicant: &str,
+) -> Option<pb::admin_client::AdminClient<tonic::transport::Channel>> {
+    let ep = tonic::transport::Endpoint::from_shared(format!("http://{replicant}"))
+        .ok()?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(2));
+    Some(pb::admin_client::AdminClient::new(ep.connect_lazy()))
 }
 
 /// Checks a player's command field by field (nothing unvalidated goes on).
@@ -410,19 +478,44 @@ async fn link_session(hub: &Arc<Hub>, i: usize) -> anyhow::Result<()> {
 }
 
 /// Re-asks for ships that have not appeared yet (their spawn territory may
-/// have had no owner, or the request raced a takeover).
+/// have had no owner, or the request raced a takeover). In a system with jump
+/// gates, first asks the replicant where the ship is: one that left through a
+/// gate (departed) is announced to its player as `Transferred` and never
+/// re-created here; one in transit is waited for.
 async fn spawn_retry(hub: Arc<Hub>) {
     let mut t = tokio::time::interval(SPAWN_RETRY);
+    let mut admin =
+        if hub.world.system.gates.is_empty() { None } else { admin_client(&hub.cfg.replicant) };
     loop {
         t.tick().await;
         let waiting: Vec<Arc<Slot>> = hub
             .players()
             .values()
-            .filter(|s| s.active.load(Ordering::Relaxed) && !s.seen.load(Ordering::Relaxed))
+            .filter(|s| {
+                s.active.load(Ordering::Relaxed)
+                    && (!s.seen.load(Ordering::Relaxed)
+                        || (admin.is_some() && s.gone.load(Ordering::Relaxed)))
+            })
             .cloned()
             .collect();
         for s in waiting {
-            hub.request_spawn(&s);
+            if let Some(a) = admin.as_mut() {
+                let r = a.lookup(pb::LookupRequest { id: s.entity }).await.map(|r| r.into_inner());
+                match r {
+                    Ok(r) if r.departed => {
+                        hub.transferred(&s);
+                        continue;
+                    }
+                    // Leaving: not here, not there yet. Never re-create it meanwhile.
+                    Ok(r) if r.in_transit => continue,
+                    Ok(_) => {}
+                    // Replicant unreachable: nothing to decide now.
+                    Err(_) => continue,
+                }
+            }
+            if !s.seen.load(Ordering::Relaxed) {
+                hub.request_spawn(&s);
+            }
         }
     }
 }
@@ -529,6 +622,13 @@ async fn write_player(
         let dropped = slot.inputs_dropped.swap(0, Ordering::Relaxed);
         if dropped > 0 {
             let m = pb::PlayerUpdate { msg: Some(player_update::Msg::InputsDropped(dropped)) };
+            if tx.send(Ok(m)).await.is_err() {
+                return;
+            }
+        }
+        let transfer = slot.transfer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = transfer {
+            let m = pb::PlayerUpdate { msg: Some(player_update::Msg::Transferred(t)) };
             if tx.send(Ok(m)).await.is_err() {
                 return;
             }
@@ -689,6 +789,63 @@ mod tests {
     use super::*;
 
     #[test]
+    fn gateway_peers_are_system_equals_host_port() {
+        assert_eq!(parse_peer("pyro=10.0.0.1:7777"), Ok(("pyro".into(), "10.0.0.1:7777".into())));
+        assert_eq!(parse_peer("pyro=gw.pyro:7777").map(|p| p.1), Ok("gw.pyro:7777".into()));
+        for bad in ["pyro", "=a:1", "pyro=", "pyro=host", "pyro=host:99999", "pyro=:1"] {
+            assert!(parse_peer(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn gates_are_destinations_and_a_departed_ship_is_announced_once_per_stream() {
+        let files = [
+            std::path::PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../manifests/examples/stanton.yaml"
+            )),
+            std::path::PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../manifests/examples/stanton-layout.yaml"
+            )),
+        ];
+        let world =
+            World::load(&files).unwrap().with_peers(&[("pyro".into(), "127.0.0.1:9".into())]);
+        let gate = world.destinations.iter().find(|d| d.name == "stanton-pyro").unwrap();
+        assert_eq!(gate.kind, "jumpGate");
+        let cfg = GatewayConfig {
+            replicant: "127.0.0.1:1".into(),
+            input_rate: 1.0,
+            input_burst: 1.0,
+            bubble_radius: 1.0,
+        };
+        let hub = Hub::with_links(cfg, world, 1);
+        let (slot, _) = hub.open_stream(7).unwrap();
+        let near = pb::EntityState {
+            id: slot.entity,
+            position: Some(pb::Vec3 { x: -45_000_000.0, y: 20_000_050.0, z: 0.0 }),
+            ..Default::default()
+        };
+        let enter = pb::EntityUpdate { change: Some(Change::Enter(near)) };
+        slot.deliver(pb::UpdateBatch { tick: 1, updates: vec![enter] }, &hub.metrics);
+        let leave = pb::EntityUpdate { change: Some(Change::Leave(slot.entity)) };
+        slot.deliver(pb::UpdateBatch { tick: 2, updates: vec![leave] }, &hub.metrics);
+        assert!(slot.gone.load(Ordering::Relaxed));
+        hub.transferred(&slot);
+        hub.transferred(&slot);
+        assert_eq!(hub.metrics.gate_transfers.get(), 1, "once per stream");
+        let t = slot.transfer.lock().unwrap().take().unwrap();
+        assert_eq!(
+            (t.system.as_str(), t.gateway.as_str(), t.gate.as_str(), t.entity_id),
+            ("pyro", "127.0.0.1:9", "pyro-stanton", slot.entity)
+        );
+        // A new stream of the same player is told again.
+        let (slot, _) = hub.open_stream(7).unwrap();
+        hub.transferred(&slot);
+        assert_eq!(hub.metrics.gate_transfers.get(), 2);
+    }
+
+    #[test]
     fn commands_are_validated_field_by_field() {
         let wp = |x: f64, r: f64| pb::Waypoint {
             name: "a".into(),
@@ -726,9 +883,15 @@ mod tests {
 /// `starmesh gateway` flags.
 #[derive(clap::Args, Debug)]
 pub struct GatewayArgs {
-    /// The shard's replicant (host:port of its gRPC endpoint).
+    /// The shard's replicant (host:port of its gRPC endpoint); else read from --mesh-map.
     #[arg(long, env = "STARMESH_REPLICANT")]
-    pub replicant: String,
+    pub replicant: Option<String>,
+    /// The operator's mesh map (mesh-map.json), in a cluster.
+    #[arg(long, env = "STARMESH_MESH_MAP")]
+    pub mesh_map: Option<std::path::PathBuf>,
+    /// Which shard of the mesh map this gateway belongs to.
+    #[arg(long, env = "STARMESH_SHARD", default_value_t = 0)]
+    pub shard: i32,
     /// Where players connect (gRPC PlayerLink).
     #[arg(long, env = "STARMESH_GATEWAY_LISTEN", default_value = "127.0.0.1:7777")]
     pub listen: std::net::SocketAddr,
@@ -748,6 +911,10 @@ pub struct GatewayArgs {
     /// Radius of each player's streaming bubble, km.
     #[arg(long, default_value_t = 5000.0)]
     pub bubble_radius: f64,
+    /// The gateway of another StarSystem, as `SYSTEM=HOST:PORT` (repeatable): players
+    /// whose ship leaves through a jump gate to SYSTEM are sent there (`Transferred`).
+    #[arg(long = "gateway-peer", env = "STARMESH_GATEWAY_PEERS", value_delimiter = ',', value_parser = parse_peer)]
+    pub gateway_peers: Vec<(String, String)>,
     /// Streams to the replicant (each carries about 100 players well; see PLAYERS_PER_LINK).
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub replicant_links: u16,
@@ -757,8 +924,11 @@ pub struct GatewayArgs {
 pub fn main(a: GatewayArgs) -> anyhow::Result<()> {
     let files: Vec<std::path::PathBuf> = a.system.iter().chain(a.layout.iter()).cloned().collect();
     let world = if files.is_empty() { World::empty() } else { World::load(&files)? };
+    let world = world.with_peers(&a.gateway_peers);
+    let replicant =
+        crate::mesh_map::resolve_replicant(a.replicant.as_deref(), a.mesh_map.as_deref(), a.shard)?;
     let cfg = GatewayConfig {
-        replicant: a.replicant,
+        replicant,
         input_rate: a.input_rate,
         input_burst: a.input_burst,
         bubble_radius: a.bubble_radius,
@@ -768,7 +938,21 @@ pub fn main(a: GatewayArgs) -> anyhow::Result<()> {
         let r = serve_with_links(cfg, world, a.listen, a.metrics, links).await?;
         // Tests and tools parse this line to learn the bound addresses.
         println!("starmesh gateway listening grpc={} metrics={}", r.grpc_addr, r.metrics_addr);
-        tokio::signal::ctrl_c().await?;
+        crate::signal::terminate().await?;
         Ok(())
     })
+}
+
+/// `SYSTEM=HOST:PORT` of `--gateway-peer`.
+pub fn parse_peer(s: &str) -> Result<(String, String), String> {
+    let (system, addr) =
+        s.split_once('=').ok_or_else(|| format!("{s:?}: expected SYSTEM=HOST:PORT"))?;
+    let ok_system = !system.is_empty() && system.len() <= MAX_NAME_LEN;
+    let ok_addr = !addr.is_empty()
+        && addr.len() <= 255
+        && addr.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+    if !ok_system || !ok_addr {
+        return Err(format!("{s:?}: expected SYSTEM=HOST:PORT"));
+    }
+    Ok((system.to_string(), addr.to_string()))
 }

@@ -4,12 +4,15 @@
 //! as it. That is deliberate for development and load tests; real
 //! authentication comes later and replaces `player_for_token`.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 use starmesh_api::LocationKind;
 
 use crate::model::{EntityId, PlayerId, Vec3};
 use crate::resources;
+use crate::server::GATE_RADIUS_KM;
+use crate::server::system::SystemView;
 use crate::territory::TerritoryMap;
 use crate::wire::pb;
 use crate::wire::validate::MAX_NAME_LEN;
@@ -59,6 +62,11 @@ pub struct World {
     pub destinations: Vec<pb::Destination>,
     /// Indices into `destinations` where ships may spawn (stations, landing zones).
     spawns: Vec<usize>,
+    /// The StarSystem's name and jump gates.
+    pub system: SystemView,
+    /// Gateways of other systems (`--gateway-peer SYSTEM=ADDR`): where a player
+    /// whose ship left through a gate continues.
+    pub peers: HashMap<String, String>,
 }
 
 impl World {
@@ -73,12 +81,30 @@ impl World {
         for f in files {
             for r in starmesh_api::yaml::load_path(f).map_err(|e| anyhow::anyhow!("{e}"))? {
                 if let starmesh_api::Resource::StarSystem(s) = r {
-                    system = Some(s.spec);
+                    system = Some((s.metadata.name.clone().unwrap_or_default(), s.spec));
                 }
             }
         }
-        let system = system.ok_or_else(|| anyhow::anyhow!("no StarSystem in the files"))?;
-        Ok(Self::from_spec(&system, &mesh.map))
+        let (name, system) = system.ok_or_else(|| anyhow::anyhow!("no StarSystem in the files"))?;
+        let mut w = Self::from_spec(&system, &mesh.map);
+        w.system = SystemView::from_spec(&name, &system);
+        for g in w.system.gates.clone() {
+            // A route ending here flies the ship into the gate.
+            w.destinations.push(pb::Destination {
+                name: g.name.clone(),
+                kind: "jumpGate".to_string(),
+                position: Some(pb::Vec3 { x: g.position.x, y: g.position.y, z: g.position.z }),
+                radius: GATE_RADIUS_KM / 2.0,
+                territory: mesh.map.locate(g.position).to_string(),
+            });
+        }
+        Ok(w)
+    }
+
+    /// With the gateways of other systems (`--gateway-peer SYSTEM=ADDR`).
+    pub fn with_peers(mut self, peers: &[(String, String)]) -> Self {
+        self.peers.extend(peers.iter().cloned());
+        self
     }
 
     pub fn from_spec(system: &starmesh_api::StarSystemSpec, map: &TerritoryMap) -> Self {

@@ -61,24 +61,62 @@ struct Loaded {
     layout: ServerLayout,
 }
 
-/// Loads through `resources::load` (the replicant's loader: same validation,
-/// same field-naming errors as the operator), then reads the now-valid files
-/// once more for the parts the map draws.
-fn load(files: &[PathBuf]) -> Result<Loaded, String> {
-    let mesh = resources::load(files, "0").map_err(|e| e.to_string())?;
+/// Where a resource comes from: a user's file, or a compiled-in example
+/// (checked from memory: nothing is written before everything is valid).
+enum Input {
+    File(PathBuf),
+    Builtin { name: &'static str, text: &'static str },
+}
+
+/// What `local` loads: the user's files, with the compiled-in example
+/// standing in for what was not given (`--layout` alone pairs the user's
+/// layout with the example StarSystem).
+fn inputs(args: &LocalArgs) -> Vec<Input> {
+    match (&args.system, &args.layout) {
+        (Some(system), layout) => {
+            std::iter::once(system).chain(layout).cloned().map(Input::File).collect()
+        }
+        (None, layout) => vec![
+            Input::Builtin { name: "compiled-in stanton.yaml", text: defaults::STANTON },
+            match layout {
+                Some(l) => Input::File(l.clone()),
+                None => Input::Builtin {
+                    name: "compiled-in stanton-layout.yaml",
+                    text: defaults::STANTON_LAYOUT,
+                },
+            },
+        ],
+    }
+}
+
+/// Loads and validates through `resources::from_resources` (the replicant's
+/// validation: the same field-naming errors as the operator), keeping the
+/// specs the map draws.
+fn load(inputs: &[Input]) -> Result<Loaded, String> {
+    let mut sources = Vec::new();
+    for i in inputs {
+        let source = match i {
+            Input::File(f) => yaml::load_path(f)
+                .map(|rs| (f.display().to_string(), rs))
+                .map_err(|e| format!("{}: {e}", f.display()))?,
+            Input::Builtin { name, text } => yaml::load_resources(text)
+                .map(|rs| (name.to_string(), rs))
+                .map_err(|e| format!("{name}: {e}"))?,
+        };
+        sources.push(source);
+    }
+    let mesh = resources::from_resources(&sources, "0").map_err(|e| e.to_string())?;
     let mut system = None;
     let mut layout = None;
-    for f in files {
-        for r in yaml::load_path(f).map_err(|e| format!("{}: {e}", f.display()))? {
-            match r {
-                Resource::StarSystem(s) => system = Some(s),
-                Resource::ServerLayout(l) => layout = Some(l),
-            }
+    for r in sources.into_iter().flat_map(|(_, rs)| rs) {
+        match r {
+            Resource::StarSystem(s) => system = Some(s),
+            Resource::ServerLayout(l) => layout = Some(l),
         }
     }
     match (system, layout) {
         (Some(system), Some(layout)) => Ok(Loaded { mesh, system, layout }),
-        // `resources::load` already required exactly one of each.
+        // `from_resources` already required exactly one of each.
         _ => Err("expected one StarSystem and one ServerLayout".into()),
     }
 }
@@ -90,19 +128,20 @@ fn fail(code: i32, why: impl std::fmt::Display) -> anyhow::Result<i32> {
 
 pub async fn run(args: LocalArgs) -> anyhow::Result<i32> {
     let progress = Progress::new();
-    // User files are checked before the data folder is touched: a typo in a
-    // manifest should leave the machine exactly as it was.
-    let user_files: Vec<PathBuf> = args.system.iter().chain(args.layout.iter()).cloned().collect();
-    if args.system.is_some()
-        && let Err(e) = load(&user_files)
-    {
-        return fail(EXIT_INVALID, format!("invalid resources:\n{e}"));
-    }
+    // Everything is checked before the data folder is touched, the
+    // compiled-in example included (from memory): a typo in a manifest
+    // should leave the machine exactly as it was.
+    let loaded = match load(&inputs(&args)) {
+        Ok(l) => l,
+        Err(e) => return fail(EXIT_INVALID, format!("invalid resources:\n{e}")),
+    };
     if let Err(e) = preflight::data_dir(&args.data) {
         return fail(EXIT_ENVIRONMENT, e);
     }
-    let files = match (&args.system, &args.layout) {
-        (Some(_), _) => user_files,
+    // The roles load files (as their subcommands do): the example is written
+    // into the data folder, the very text just validated.
+    let files: Vec<PathBuf> = match (&args.system, &args.layout) {
+        (Some(system), layout) => std::iter::once(system).chain(layout).cloned().collect(),
         (None, layout) => {
             let (system, default_layout) = match defaults::materialize(&args.data) {
                 Ok(p) => p,
@@ -111,20 +150,18 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<i32> {
             vec![system, layout.clone().unwrap_or(default_layout)]
         }
     };
-    let loaded = match load(&files) {
-        Ok(l) => l,
-        Err(e) => return fail(EXIT_INVALID, format!("invalid resources:\n{e}")),
-    };
     let listener = match preflight::listen(args.listen).await {
         Ok(l) => l,
         Err(e) => return fail(EXIT_ENVIRONMENT, e),
     };
     let web_addr = listener.local_addr()?;
+    let gates = loaded.system.spec.jump_gates.len();
     progress.step(format!(
-        "resources valid: StarSystem {} ({} locations, {} jump gates), ServerLayout {}",
+        "resources valid: StarSystem {} ({} locations, {gates} jump gates{}), ServerLayout {}",
         loaded.mesh.system,
         loaded.system.spec.locations.len(),
-        loaded.system.spec.jump_gates.len(),
+        // One system and no peers: ships that fly into a gate are turned back.
+        if gates > 0 { ", closed in local" } else { "" },
         loaded.layout.metadata.name.as_deref().unwrap_or(""),
     ));
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
-use crate::bots::{self, BotsConfig, Report};
+use crate::bots::{self, BotsConfig};
 use crate::gateway::{self, GatewayConfig, Hub, placement::World};
 use crate::server::{self, ServerConfig, game::ExampleGame, metrics::Metrics as ServerMetrics};
 
@@ -53,11 +53,7 @@ pub async fn start_gateway(
 
 /// N bots flying for `duration` (they report when it ends). Names are fixed
 /// (`local-0`, `local-1`, ...) so a resumed run flies the same ships again.
-pub fn spawn_bots(
-    gateway: SocketAddr,
-    n: u32,
-    duration: Duration,
-) -> JoinHandle<anyhow::Result<Report>> {
+pub fn spawn_bots(gateway: SocketAddr, n: u32, duration: Duration) -> super::supervisor::Bots {
     let cfg = BotsConfig {
         gateway: gateway.to_string(),
         n: n as usize,
@@ -68,5 +64,6 @@ pub fn spawn_bots(
         speed: 200_000.0,
         probe_interval: Duration::from_millis(250),
     };
-    tokio::spawn(bots::run(cfg))
+    let (stop, on_stop) = bots::Stop::new();
+    super::supervisor::Bots { task: tokio::spawn(bots::run(cfg, on_stop)), stop }
 }

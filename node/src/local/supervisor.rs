@@ -85,6 +85,10 @@ impl Servers {
 }
 
 impl Control for Servers {
+    fn kill_allowed(&self) -> bool {
+        self.allow_kill
+    }
+
     fn kill_server(&self, name: &str) -> bool {
         if !self.allow_kill {
             return false;
@@ -108,7 +112,13 @@ pub struct Group {
     /// The gateway's tasks live as long as the runtime; it writes nothing
     /// the flush waits for (servers write), so it is not stopped separately.
     pub gateway: Option<Arc<Hub>>,
-    pub bots: Option<JoinHandle<anyhow::Result<Report>>>,
+    pub bots: Option<Bots>,
+}
+
+/// The bots' task and the switch that ends their flight early (Ctrl-C).
+pub struct Bots {
+    pub task: JoinHandle<anyhow::Result<Report>>,
+    pub stop: tokio::sync::watch::Sender<bool>,
 }
 
 /// How the store flush at the end went.
@@ -140,20 +150,20 @@ impl Group {
         limit: Duration,
     ) -> (Option<Report>, Flush) {
         let report = match self.bots.take() {
-            // At the end of --duration the bots end on their own and report.
-            Some(b) if !interrupted => match tokio::time::timeout(Duration::from_secs(15), b).await
-            {
-                Ok(Ok(Ok(r))) => Some(r),
-                Ok(Ok(Err(e))) => {
-                    tracing::warn!(error = %e, "bots failed");
-                    None
+            Some(bots) => {
+                // At the end of --duration the bots end on their own; on Ctrl-C they
+                // are told to land now. Either way they report what they saw.
+                if interrupted {
+                    let _ = bots.stop.send(true);
                 }
-                _ => None,
-            },
-            // Ctrl-C: they were flying for as long as the mesh ran; no report.
-            Some(b) => {
-                b.abort();
-                None
+                match tokio::time::timeout(Duration::from_secs(15), bots.task).await {
+                    Ok(Ok(Ok(r))) => Some(r),
+                    Ok(Ok(Err(e))) => {
+                        tracing::warn!(error = %e, "bots failed");
+                        None
+                    }
+                    _ => None,
+                }
             }
             None => None,
         };

@@ -26,6 +26,7 @@ pub struct Metrics {
     pub subscribers_dropped: IntCounter,
     pub rejection_summaries_deferred: IntCounter,
     pub bad_messages: IntCounter,
+    pub stream_disconnects: IntCounterVec,
     pub gate_transfers: IntCounterVec,
     pub gate_in_transit: IntGauge,
     pub gate_arrive_retries: IntCounter,
@@ -187,6 +188,19 @@ impl Metrics {
                 IntCounter::new(
                     "starmesh_bad_messages_total",
                     "Streams ended by an undecodable or invalid message",
+                )
+                .expect("valid"),
+            ),
+            // Kept apart from `bad_messages`: a peer that crashes or goes away
+            // is an operational event, a bad message is a bug or an attack.
+            stream_disconnects: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "starmesh_stream_disconnects_total",
+                        "Streams that ended without a bad message, by link and how: closed (the peer ended it) or reset (the connection broke: reset, cancelled, broken pipe, GOAWAY)",
+                    ),
+                    &["link", "how"],
                 )
                 .expect("valid"),
             ),

@@ -96,12 +96,17 @@ pub struct GatewayConn {
     pub tx: GatewayTx,
     pub kill: Arc<Notify>,
     pub players: BTreeSet<PlayerId>,
+    /// Consecutive ticks its queue had no room at all (it is dropped past
+    /// `slow_subscriber_timeout`).
+    pub stalled_ticks: u64,
 }
 
 pub struct Player {
     pub conn: u64,
     pub entity: EntityId,
     pub sub: Subscription,
+    /// Consecutive ticks it had updates and was not served (its link's turn
+    /// order: longest-waiting first).
     pub slow_ticks: u64,
 }
 
@@ -116,6 +121,10 @@ pub struct Core {
     pub tick_acks: HashMap<u64, u64>,
     /// conn -> this tick's rejected writes, sent as one message per tick.
     pub tick_rejections: HashMap<u64, Rejections>,
+    /// (conn, entity) for every entity a write of that connection created this
+    /// tick, confirmed to the writer once the tick's rejections are out
+    /// (`tick::confirm_created`).
+    pub tick_created: Vec<(u64, EntityId)>,
     pub streaming_in: HashSet<EntityId>,
     /// Evicted entities a takeover needs back in memory (picked up by the next tick).
     pub stream_in_wanted: Vec<EntityId>,
@@ -138,6 +147,7 @@ impl Core {
             committed_tick: None,
             tick_acks: HashMap::new(),
             tick_rejections: HashMap::new(),
+            tick_created: Vec::new(),
             streaming_in: HashSet::new(),
             stream_in_wanted: Vec::new(),
             gates: gate::GateBook::default(),
@@ -171,7 +181,7 @@ impl Core {
                 m.count("server", "out", len);
                 true
             }
-            Err(_) => {
+            Err(mpsc::error::TrySendError::Full(_)) => {
                 tracing::warn!(conn, server = %s.name, "server queue full for a control message; disconnecting it");
                 m.subscribers_dropped.inc();
                 self.drop_server(
@@ -179,6 +189,13 @@ impl Core {
                     Status::resource_exhausted("starmesh: outbound queue full"),
                     m,
                 );
+                false
+            }
+            // The stream is already gone (the server died); the session's own close
+            // path may not have run yet. Not a slow subscriber: just a disconnect.
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::info!(conn, server = %s.name, "server stream closed; giving its territories away");
+                self.drop_server(conn, Status::cancelled("starmesh: stream closed"), m);
                 false
             }
         }

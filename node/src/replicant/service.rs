@@ -62,8 +62,11 @@ pub async fn serve_metrics(shared: Arc<Shared>, listener: tokio::net::TcpListene
     use axum::{Router, http::StatusCode, routing::get};
     let s1 = shared.clone();
     let s2 = shared.clone();
-    let app =
-        Router::new().route("/metrics", get(move || async move { s1.metrics.render() })).route(
+    let app = Router::new()
+        .route("/metrics", get(move || async move { s1.metrics.render() }))
+        // Liveness: the process answers (readiness, below, waits for recovery).
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
             "/readyz",
             get(move || async move {
                 match s2.not_ready_reason() {
@@ -83,6 +86,58 @@ pub async fn serve_metrics(shared: Arc<Shared>, listener: tokio::net::TcpListene
 /// A decode failure (garbage, truncated or oversized message) becomes a typed error too.
 fn undecodable(s: &Status) -> Status {
     Status::invalid_argument(format!("starmesh.wire: undecodable message: {}", s.message()))
+}
+
+/// Whether an error from reading a stream means the connection or the stream
+/// broke under it (the peer crashed or was aborted: reset, cancel, broken
+/// pipe, GOAWAY, EOF mid-frame) rather than a message that arrived and could
+/// not be decoded. A crashed game server is a disconnect to recover from, not
+/// a bad message: counting it as one would page whoever watches
+/// `starmesh_bad_messages_total` for every kill.
+///
+/// How tonic (0.14) reports these: an h2 or hyper body error becomes a status
+/// whose message starts "h2 protocol error" (the h2 error itself is dropped on
+/// the way, so it cannot be downcast), RST_STREAM(CANCEL) and a dropped call
+/// become `Cancelled`, a refused stream or keep-alive timeout `Unavailable`,
+/// and other I/O failures keep the `io::Error` as the status's source. Decode
+/// and size failures are `Internal`/`OutOfRange` with none of these, so they
+/// stay bad messages. `tests/replicant_link.rs` pins this against a real
+/// aborted client, so a tonic upgrade that changes it fails there.
+pub fn is_transport_error(s: &Status) -> bool {
+    if matches!(s.code(), tonic::Code::Cancelled | tonic::Code::Unavailable)
+        || s.message().starts_with("h2 protocol error")
+    {
+        return true;
+    }
+    let mut source = std::error::Error::source(s);
+    while let Some(e) = source {
+        if e.is::<std::io::Error>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// Counts and logs how an inbound stream ended: a bad message (it is ended
+/// with that status), a broken connection, or a close (by the peer, or here:
+/// a kill or shutdown, which whoever stopped it already accounted for).
+fn record_end(
+    m: &super::metrics::Metrics,
+    link: &'static str,
+    bad: Option<&Status>,
+    broken: Option<&Status>,
+    stopped_here: bool,
+) {
+    if let Some(status) = bad {
+        m.bad_messages.inc();
+        tracing::warn!(link, status = %status.message(), "stream ended by a bad message");
+    } else if let Some(status) = broken {
+        m.stream_disconnects.with_label_values(&[link, "reset"]).inc();
+        tracing::info!(link, code = ?status.code(), status = %status.message(), "stream broke (peer gone)");
+    } else if !stopped_here {
+        m.stream_disconnects.with_label_values(&[link, "closed"]).inc();
+    }
 }
 
 #[tonic::async_trait]
@@ -124,15 +179,21 @@ async fn server_session(
 ) {
     let m = &shared.metrics;
     let mut session: Option<(u64, ServerName)> = None;
+    let mut broken: Option<Status> = None;
+    let mut stopped_here = false;
     let end: Option<Status> = loop {
         let msg = tokio::select! {
-            _ = kill.notified() => break None,
-            _ = shared.shutdown.notified() => break None,
+            _ = kill.notified() => { stopped_here = true; break None }
+            _ = shared.shutdown.notified() => { stopped_here = true; break None }
             msg = inbound.message() => msg,
         };
         let msg = match msg {
             Ok(Some(msg)) => msg,
             Ok(None) => break None,
+            Err(s) if is_transport_error(&s) => {
+                broken = Some(s);
+                break None;
+            }
             Err(s) => break Some(undecodable(&s)),
         };
         m.count("server", "in", msg.encoded_len());
@@ -228,10 +289,13 @@ async fn server_session(
                     continue;
                 }
                 match core.world.apply_write(name, &w) {
-                    WriteOutcome::Applied { .. } => {
+                    WriteOutcome::Applied { created, .. } => {
                         m.writes_applied.inc();
                         let a = core.tick_acks.entry(conn).or_insert(0);
                         *a = (*a).max(seq);
+                        if created {
+                            core.tick_created.push((conn, id));
+                        }
                     }
                     WriteOutcome::Rejected(f) => {
                         let (reason, current, label) = match f {
@@ -258,10 +322,7 @@ async fn server_session(
             }
         }
     };
-    if let Some(status) = &end {
-        m.bad_messages.inc();
-        tracing::warn!(status = %status.message(), "server stream ended by a bad message");
-    }
+    record_end(m, "server", end.as_ref(), broken.as_ref(), stopped_here);
     let mut core = shared.lock();
     match session {
         Some((conn, name)) => {
@@ -297,7 +358,12 @@ impl pb::gateway_link_server::GatewayLink for Svc {
             let conn = core.next_conn();
             core.gateways.insert(
                 conn,
-                GatewayConn { tx: tx.clone(), kill: kill.clone(), players: BTreeSet::new() },
+                GatewayConn {
+                    tx: tx.clone(),
+                    kill: kill.clone(),
+                    players: BTreeSet::new(),
+                    stalled_ticks: 0,
+                },
             );
             conn
         };
@@ -313,15 +379,21 @@ async fn gateway_session(
     kill: Arc<Notify>,
 ) {
     let m = &shared.metrics;
+    let mut broken: Option<Status> = None;
+    let mut stopped_here = false;
     let end: Option<Status> = loop {
         let msg = tokio::select! {
-            _ = kill.notified() => break None,
-            _ = shared.shutdown.notified() => break None,
+            _ = kill.notified() => { stopped_here = true; break None }
+            _ = shared.shutdown.notified() => { stopped_here = true; break None }
             msg = inbound.message() => msg,
         };
         let msg = match msg {
             Ok(Some(msg)) => msg,
             Ok(None) => break None,
+            Err(s) if is_transport_error(&s) => {
+                broken = Some(s);
+                break None;
+            }
             Err(s) => break Some(undecodable(&s)),
         };
         m.count("gateway", "in", msg.encoded_len());
@@ -332,7 +404,15 @@ async fn gateway_session(
         let mut core = shared.lock();
         match cmd {
             GatewayCommand::Attach { player, entity, radius, position } => {
-                let center = core.world.entity(entity).map_or(position, |e| e.position);
+                // The bubble goes where the ship is. An evicted ship (its player
+                // was away) is not in memory but exists: centring on it makes
+                // the next tick stream it back in and hand it to its owner.
+                // Centred on the placement instead, the ship would never come
+                // back, and spawn requests would try to create it a second time.
+                let center = match core.world.entity(entity) {
+                    Some(e) => e.position,
+                    None => core.world.evicted_at(entity).map_or(position, |(p, _)| p),
+                };
                 let sub = Subscription::new(
                     crate::model::Interest { center, radius },
                     shared.cfg.budget_bytes,
@@ -365,6 +445,14 @@ async fn gateway_session(
                 let entity = p.entity;
                 let territory = match core.world.entity(entity) {
                     Some(e) => e.territory.clone(),
+                    // Evicted: on its way back (the bubble centred on it asks for
+                    // it). Dropped, not routed: the placement's owner would take a
+                    // spawn for a ship that does not exist and create a second
+                    // copy. The gateway re-asks until the ship shows.
+                    None if core.world.evicted_at(entity).is_some() => {
+                        core.stream_in_wanted.push(entity);
+                        continue;
+                    }
                     // Not created yet: the owner of the territory the player was
                     // placed in is the one that may create it (e.g. a spawn).
                     None => core.world.map.locate(p.sub.interest.center),
@@ -382,10 +470,7 @@ async fn gateway_session(
             }
         }
     };
-    if let Some(s) = &end {
-        m.bad_messages.inc();
-        tracing::warn!(status = %s.message(), "gateway stream ended by a bad message");
-    }
+    record_end(m, "gateway", end.as_ref(), broken.as_ref(), stopped_here);
     shared.lock().drop_gateway(conn, end);
 }
 
@@ -463,5 +548,31 @@ impl pb::admin_server::Admin for Svc {
     ) -> Result<Response<pb::LookupResponse>, Status> {
         let id = req.into_inner().id;
         Ok(Response::new(super::gate::lookup(&self.0.lock(), id)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transport_failures_are_disconnects_and_decode_failures_are_bad_messages() {
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        for s in [
+            Status::cancelled("h2 protocol error: stream no longer needed"),
+            Status::internal("h2 protocol error: error reading a body from connection"),
+            Status::unknown("h2 protocol error: connection reset"),
+            Status::unavailable("keep-alive timed out"),
+            Status::from_error(Box::new(reset)),
+        ] {
+            assert!(is_transport_error(&s), "{s:?}");
+        }
+        for s in [
+            Status::internal("failed to decode Protobuf message: invalid wire type"),
+            Status::out_of_range("Error, decoded message length too large"),
+            Status::invalid_argument("starmesh.wire: bad"),
+        ] {
+            assert!(!is_transport_error(&s), "{s:?}");
+        }
     }
 }

@@ -43,6 +43,10 @@ impl GridIndex {
         self.positions.contains_key(&id)
     }
 
+    pub fn position(&self, id: EntityId) -> Option<Vec3> {
+        self.positions.get(&id).map(|(p, _)| *p)
+    }
+
     pub fn upsert(&mut self, id: EntityId, p: Vec3) {
         let cell = self.cell_of(p);
         if let Some((pos, old)) = self.positions.get_mut(&id) {

@@ -15,7 +15,14 @@ use super::spatial_index::GridIndex;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WriteOutcome {
-    Applied { version: u64 },
+    /// `created`: the write brought the entity into existence here (it was
+    /// neither in memory nor evicted). The writer may have dropped it in the
+    /// meantime, on a rejection of an earlier write of it, so the replicant
+    /// confirms creations to the writer (`tick::confirm_created`).
+    Applied {
+        version: u64,
+        created: bool,
+    },
     Rejected(Fence),
 }
 
@@ -124,12 +131,23 @@ impl World {
         self.evicted.len()
     }
 
+    /// Where an evicted entity is (position, territory): it exists, only not
+    /// in memory, so a player's bubble must go there to stream it back in,
+    /// and nothing may create it again.
+    pub fn evicted_at(&self, id: EntityId) -> Option<(Vec3, &TerritoryName)> {
+        let e = self.evicted.get(&id)?;
+        Some((self.evicted_index.position(id)?, &e.territory))
+    }
+
     /// Loads recovered entities at startup (their territory is recomputed from
     /// the current map, which may have changed since they were written).
     pub fn load(&mut self, mut e: Entity) {
         e.territory = self.map.locate(e.position);
         self.index.upsert(e.id, e.position);
-        self.meta.insert(e.id, Meta { last_write_tick: None, last_needed_tick: self.tick, writer: None });
+        self.meta.insert(
+            e.id,
+            Meta { last_write_tick: None, last_needed_tick: self.tick, writer: None },
+        );
         self.entities.insert(e.id, e);
     }
 
@@ -156,6 +174,7 @@ impl World {
             let current = self.authority.grant(&territory).map_or(0, |g| g.epoch);
             return WriteOutcome::Rejected(Fence::NotOwner { current });
         }
+        let created = !self.entities.contains_key(&w.id) && !self.evicted.contains_key(&w.id);
         let e = match self.entities.get_mut(&w.id) {
             Some(e) => e,
             None => {
@@ -200,7 +219,7 @@ impl World {
         if m.writer.as_deref() != Some(server) {
             m.writer = Some(server.into());
         }
-        WriteOutcome::Applied { version }
+        WriteOutcome::Applied { version, created }
     }
 
     /// The tick boundary: entities written this tick that now lie in another
@@ -318,7 +337,10 @@ impl World {
             self.evicted_index.remove(e.id);
             let id = e.id;
             self.index.upsert(id, e.position);
-            self.meta.insert(id, Meta { last_write_tick: None, last_needed_tick: self.tick, writer: None });
+            self.meta.insert(
+                id,
+                Meta { last_write_tick: None, last_needed_tick: self.tick, writer: None },
+            );
             self.entities.insert(id, Entity { territory: ev.territory, ..e });
             back.push(id);
         }
@@ -382,12 +404,18 @@ pub(crate) mod tests {
         let mut w = World::new(map, auth, 50.0);
         let earth_pos = Vec3::new(1000.0, 0.0, 0.0);
         let wr = write(&w, 7, earth_pos, "earth");
-        assert_eq!(w.apply_write("s-earth", &wr), WriteOutcome::Applied { version: 1 });
+        assert_eq!(
+            w.apply_write("s-earth", &wr),
+            WriteOutcome::Applied { version: 1, created: true }
+        );
         let t = w.end_tick();
         assert!(t.handoffs.is_empty());
         // Move into the moon: still earth's until the tick boundary.
         let wr = write(&w, 7, Vec3::new(1200.0, 0.0, 0.0), "earth");
-        assert_eq!(w.apply_write("s-earth", &wr), WriteOutcome::Applied { version: 2 });
+        assert_eq!(
+            w.apply_write("s-earth", &wr),
+            WriteOutcome::Applied { version: 2, created: false }
+        );
         assert_eq!(&*w.entity(7).unwrap().territory, "earth");
         let t = w.end_tick();
         assert_eq!(t.handoffs.len(), 1);
@@ -402,8 +430,26 @@ pub(crate) mod tests {
             WriteOutcome::Rejected(Fence::StaleEpoch { .. })
         ));
         let wr = write(&w, 7, Vec3::new(1201.0, 0.0, 0.0), "moon");
-        assert_eq!(w.apply_write("s-moon", &wr), WriteOutcome::Applied { version: 4 });
+        assert_eq!(
+            w.apply_write("s-moon", &wr),
+            WriteOutcome::Applied { version: 4, created: false }
+        );
         assert_eq!(t.changed.len(), 1);
+    }
+
+    #[test]
+    fn a_mid_tick_takeover_writes_from_the_next_tick() {
+        let mut w = world_with(&["s1", "s2"]);
+        let p = Vec3::new(0.0, 0.0, 0.0);
+        let wr = write(&w, 1, p, "deep-space");
+        assert_eq!(w.apply_write("s1", &wr), WriteOutcome::Applied { version: 1, created: true });
+        // s1's stream closes mid-tick: s2 gets deep-space at once, but s1
+        // already moved the entity in this tick.
+        w.authority.disconnect("s1", 0);
+        let wr = write(&w, 1, p, "deep-space");
+        assert!(matches!(w.apply_write("s2", &wr), WriteOutcome::Rejected(Fence::NotOwner { .. })));
+        w.end_tick();
+        assert_eq!(w.apply_write("s2", &wr), WriteOutcome::Applied { version: 2, created: false });
     }
 
     #[test]
@@ -463,7 +509,7 @@ pub(crate) mod tests {
         }
         w.evict_idle(2, Some(ch.tick));
         let wr = write(&w, 1, p, "deep-space");
-        assert_eq!(w.apply_write("s1", &wr), WriteOutcome::Applied { version: 2 });
+        assert_eq!(w.apply_write("s1", &wr), WriteOutcome::Applied { version: 2, created: false });
         assert_eq!(
             w.stream_in(ch.changed),
             Vec::<EntityId>::new(),

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use prost::Message;
 use tonic::Status;
 
-use crate::model::{EntityId, TerritoryName};
+use crate::model::{EntityId, PlayerId, TerritoryName};
 use crate::wire::pb::{self, replicant_message::Msg};
 use crate::wire::validate::entity_to_pb;
 
@@ -71,6 +71,7 @@ pub fn step(shared: &Shared, core: &mut Core, now: Instant) -> Vec<EntityId> {
     }
 
     send_rejections(core, changes.tick, m);
+    confirm_created(core, changes.tick, m);
 
     let (expired, auth_changes) = core.world.authority.expire(now);
     for (name, conn) in expired {
@@ -123,8 +124,15 @@ pub fn step(shared: &Shared, core: &mut Core, now: Instant) -> Vec<EntityId> {
         }
     }
 
-    // Player bubbles follow their entity.
-    let mut slow_players = Vec::new();
+    // Player bubbles follow their entity. Many players share one gateway
+    // link, and its queue has room for only so many batches a tick: the
+    // players of a link take turns, longest-waiting first (`fair_turns`), so
+    // none starves however many share it. A player not served this tick keeps
+    // nothing queued: its plan is not committed, and next tick's plan is
+    // recomputed from the truth, merging whatever changed meanwhile. So a
+    // link's memory here is its queue (at most `queue_capacity` batches, each
+    // within the player's byte budget), whatever the number of players.
+    let mut waiting: HashMap<u64, Vec<(u64, PlayerId, super::interest::Plan)>> = HashMap::new();
     for (pid, p) in players.iter_mut() {
         if let Some(e) = world.entity(p.entity) {
             p.sub.interest.center = e.position;
@@ -133,26 +141,45 @@ pub fn step(shared: &Shared, core: &mut Core, now: Instant) -> Vec<EntityId> {
         world.evicted_near(p.sub.interest.center, p.sub.interest.radius, &mut wanted);
         needed.extend_from_slice(&plan.in_range);
         if plan.is_empty() {
-            continue;
-        }
-        let Some(g) = gateways.get(&p.conn) else { continue };
-        if g.tx.capacity() <= CONTROL_HEADROOM {
-            m.subscriber_deferred_ticks.inc();
-            p.slow_ticks += 1;
-            if p.slow_ticks > slow_limit {
-                slow_players.push((*pid, p.conn));
-            }
-            continue;
-        }
-        let msg = pb::GatewayUpdate {
-            player_id: *pid,
-            batch: Some(pb::UpdateBatch { tick: changes.tick, updates: plan.updates.clone() }),
-        };
-        let len = msg.encoded_len();
-        if g.tx.try_send(Ok(msg)).is_ok() {
-            m.count("gateway", "out", len);
-            p.sub.commit(&plan);
             p.slow_ticks = 0;
+            continue;
+        }
+        waiting.entry(p.conn).or_default().push((p.slow_ticks, *pid, plan));
+    }
+    let mut slow_links = Vec::new();
+    for (conn, mut turns) in waiting {
+        let Some(g) = gateways.get_mut(&conn) else { continue };
+        let room = g.tx.capacity().saturating_sub(CONTROL_HEADROOM);
+        // A link is too slow when its queue stays full (nothing taken off it),
+        // not when it merely carries more players than fit in one tick.
+        if room == 0 {
+            g.stalled_ticks += 1;
+            if g.stalled_ticks > slow_limit {
+                slow_links.push(conn);
+            }
+        } else {
+            g.stalled_ticks = 0;
+        }
+        fair_turns(&mut turns);
+        for (i, (_, pid, plan)) in turns.into_iter().enumerate() {
+            let Some(p) = players.get_mut(&pid) else { continue };
+            if i >= room {
+                m.subscriber_deferred_ticks.inc();
+                p.slow_ticks += 1;
+                continue;
+            }
+            let msg = pb::GatewayUpdate {
+                player_id: pid,
+                batch: Some(pb::UpdateBatch { tick: changes.tick, updates: plan.updates.clone() }),
+            };
+            let len = msg.encoded_len();
+            if g.tx.try_send(Ok(msg)).is_ok() {
+                m.count("gateway", "out", len);
+                p.sub.commit(&plan);
+                p.slow_ticks = 0;
+            } else {
+                p.slow_ticks += 1;
+            }
         }
     }
     world.mark_needed(&needed);
@@ -160,7 +187,7 @@ pub fn step(shared: &Shared, core: &mut Core, now: Instant) -> Vec<EntityId> {
         m.subscribers_dropped.inc();
         core.drop_server(conn, Status::resource_exhausted("starmesh: subscriber too slow"), m);
     }
-    for (_pid, conn) in slow_players {
+    for conn in slow_links {
         m.subscribers_dropped.inc();
         core.drop_gateway(conn, Some(Status::resource_exhausted("starmesh: subscriber too slow")));
     }
@@ -175,6 +202,14 @@ pub fn step(shared: &Shared, core: &mut Core, now: Instant) -> Vec<EntityId> {
     wanted.append(&mut core.stream_in_wanted);
     wanted.retain(|id| core.streaming_in.insert(*id));
     wanted
+}
+
+/// Orders one link's waiting players for this tick: longest-waiting first,
+/// then by id. A player served goes back to zero and so behind everyone still
+/// waiting, which makes the turns a round-robin: with room for `r` batches a
+/// tick, each of `n` players on the link is served within `ceil(n / r)` ticks.
+fn fair_turns<T>(turns: &mut [(u64, PlayerId, T)]) {
+    turns.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
 }
 
 /// One `WritesRejected` per server per tick. A full queue keeps the summary
@@ -213,6 +248,44 @@ fn send_rejections(core: &mut Core, tick: u64, m: &super::metrics::Metrics) {
             }
         }
     });
+}
+
+/// Tells the writer of every entity created this tick that it holds it: a
+/// `HandoffIn` with an empty `from_territory`, at the territory's current epoch.
+///
+/// Why: a server writes an entity the replicant does not have yet (a spawn
+/// whose first write was lost, or one kept across a reconnect) every tick.
+/// While the entity lies in a territory the server does not own those writes
+/// are refused, and on the refusal the server rightly drops it; but writes
+/// already in flight can still create it once it is back in the server's
+/// territory. Without this the replicant would then have it owned by a live
+/// server that no longer simulates it (found by `tests/authority_simulation.rs`).
+/// Sent after `send_rejections`, so on the FIFO stream it follows every
+/// refusal of an earlier write; `send_rejections` reports the epoch of the
+/// entity's territory once it exists, so later refusals do not drop it again.
+/// A server already simulating it keeps its own (newer) state.
+fn confirm_created(core: &mut Core, tick: u64, m: &super::metrics::Metrics) {
+    for (conn, id) in std::mem::take(&mut core.tick_created) {
+        let (Some(s), Some(e)) = (core.servers.get(&conn), core.world.entity(id)) else {
+            continue;
+        };
+        // Only to a writer that still owns its territory on this connection:
+        // if the tick moved it to another owner, that owner got the handoff.
+        let Some(g) = core.world.authority.grant(&e.territory) else { continue };
+        if g.owner.as_deref() != Some(&*s.name)
+            || core.world.authority.conn_of(&s.name) != Some(conn)
+        {
+            continue;
+        }
+        let h = pb::EntityHandoff {
+            entity: Some(entity_to_pb(e)),
+            from_territory: String::new(),
+            to_territory: e.territory.to_string(),
+            epoch: g.epoch,
+            tick,
+        };
+        core.send_control(conn, Msg::HandoffIn(h), m);
+    }
 }
 
 async fn stream_in(shared: Arc<Shared>, ids: Vec<EntityId>) {
@@ -276,4 +349,150 @@ pub fn player_counts(core: &Core) -> HashMap<TerritoryName, u64> {
         *out.entry(t).or_default() += 1;
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::sync::atomic::AtomicBool;
+
+    use tokio::sync::{Notify, mpsc, watch};
+
+    use super::*;
+    use crate::model::{EntityWrite, Interest, Vec3};
+    use crate::replicant::interest::Subscription;
+    use crate::replicant::state::tests::world_with;
+    use crate::replicant::{Config, GatewayConn, Player, gate, metrics::Metrics};
+    use crate::store::embedded::EmbeddedStore;
+    use crate::wire::pb::entity_update::Change;
+
+    fn shared(cfg: Config, dir: &std::path::Path) -> Shared {
+        Shared {
+            core: std::sync::Mutex::new(Core::new(world_with(&["s1"]), cfg.backlog_bound)),
+            metrics: Metrics::new(),
+            store: Arc::new(EmbeddedStore::open(dir).expect("store")),
+            cfg,
+            system: "sol".into(),
+            shard: "0".into(),
+            commit_notify: Notify::new(),
+            shutdown: Notify::new(),
+            store_ok: AtomicBool::new(true),
+            stopping: AtomicBool::new(false),
+            gates: gate::Gates::new(&[], &[]).expect("no gates"),
+            loaded: watch::Sender::new(true),
+        }
+    }
+
+    /// Every ship moves every tick, so every player always has something new.
+    fn move_ships(core: &mut Core, n: u64, tick: u64) {
+        let epoch = core.world.authority.grant("deep-space").expect("deep-space").epoch;
+        for id in 1..=n {
+            let w = EntityWrite {
+                seq: tick,
+                epoch,
+                id,
+                kind: 1,
+                position: Vec3::new(10_000.0 + id as f64 * 100.0, tick as f64 * 0.01, 0.0),
+                velocity: Vec3::default(),
+                location: "".into(),
+                components: bytes::Bytes::from_static(b"ship"),
+            };
+            core.world.apply_write("s1", &w);
+        }
+    }
+
+    /// One gateway link carrying 1000 players, each with its own ship that
+    /// changes every tick, and a gateway that takes only 50 batches a tick off
+    /// the link (less than a fifth of the room in its queue): every player
+    /// gets its own ship within a bound, keeps getting updates at a steady
+    /// rate (nobody starves), the queue never holds more than its capacity,
+    /// and the link is not dropped as slow, since it drains.
+    #[test]
+    fn one_link_many_players_every_player_is_served_in_turn_with_bounded_memory() {
+        const PLAYERS: u64 = 1000;
+        const DRAIN_PER_TICK: usize = 50;
+        const TICKS: u64 = 120;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = Config { queue_capacity: 256, ..Config::default() };
+        let capacity = cfg.queue_capacity;
+        let budget = cfg.budget_bytes;
+        let shared = shared(cfg, dir.path());
+        let (tx, mut rx) = mpsc::channel(capacity);
+        {
+            let mut core = shared.lock();
+            move_ships(&mut core, PLAYERS, 0);
+            let conn = core.next_conn();
+            core.gateways.insert(
+                conn,
+                GatewayConn {
+                    tx,
+                    kill: Arc::new(Notify::new()),
+                    players: (1..=PLAYERS).collect::<BTreeSet<_>>(),
+                    stalled_ticks: 0,
+                },
+            );
+            for pid in 1..=PLAYERS {
+                let center = Vec3::new(10_000.0 + pid as f64 * 100.0, 0.0, 0.0);
+                let sub = Subscription::new(Interest { center, radius: 10.0 }, budget);
+                core.players.insert(pid, Player { conn, entity: pid, sub, slow_ticks: 0 });
+            }
+        }
+        let mut first_own: HashMap<u64, u64> = HashMap::new();
+        let mut last: HashMap<u64, u64> = HashMap::new();
+        let mut longest_gap = 0u64;
+        let mut most_queued = 0usize;
+        let mut most_queued_bytes = 0usize;
+        for tick in 1..=TICKS {
+            {
+                let mut core = shared.lock();
+                move_ships(&mut core, PLAYERS, tick);
+                step(&shared, &mut core, Instant::now());
+            }
+            let queued =
+                capacity - shared.lock().gateways.values().map(|g| g.tx.capacity()).sum::<usize>();
+            most_queued = most_queued.max(queued);
+            for _ in 0..DRAIN_PER_TICK {
+                let Ok(Ok(u)) = rx.try_recv() else { break };
+                most_queued_bytes = most_queued_bytes.max(u.encoded_len());
+                let batch = u.batch.expect("a batch");
+                let own = batch
+                    .updates
+                    .iter()
+                    .any(|x| matches!(&x.change, Some(Change::Enter(e)) if e.id == u.player_id));
+                if own {
+                    first_own.entry(u.player_id).or_insert(tick);
+                }
+                if let Some(prev) = last.insert(u.player_id, tick) {
+                    longest_gap = longest_gap.max(tick - prev);
+                }
+            }
+        }
+        // Throughput is DRAIN_PER_TICK players a tick, plus the time a batch
+        // waits in a full queue: 1000/50 + 256/50 ≈ 26 ticks. Twice that
+        // leaves room for the turn order's warm-up, and none for starvation.
+        let bound = 2 * (PLAYERS / DRAIN_PER_TICK as u64 + capacity as u64 / DRAIN_PER_TICK as u64);
+        let missing: Vec<u64> = (1..=PLAYERS).filter(|p| !first_own.contains_key(p)).collect();
+        assert!(
+            missing.is_empty(),
+            "{} players never got their ship: {:?}",
+            missing.len(),
+            &missing[..missing.len().min(10)]
+        );
+        let slowest = first_own.values().max().copied().unwrap_or(0);
+        assert!(slowest <= bound, "every ship within {bound} ticks; the last took {slowest}");
+        assert!(longest_gap <= bound, "steady updates: longest gap {longest_gap} > {bound}");
+        assert!(most_queued <= capacity, "queue bounded: {most_queued} > {capacity}");
+        assert!(most_queued_bytes <= budget, "each batch within the player's budget");
+        let core = shared.lock();
+        assert_eq!(core.gateways.len(), 1, "a link that drains is not dropped as slow");
+        assert!(core.players.values().all(|p| p.sub.known() <= 1), "views hold only the bubble");
+    }
+
+    #[test]
+    fn turns_go_to_the_longest_waiting_then_by_id() {
+        let mut t = vec![(0, 5, ()), (3, 9, ()), (0, 1, ()), (3, 2, ())];
+        fair_turns(&mut t);
+        let order: Vec<u64> = t.iter().map(|(_, p, _)| *p).collect();
+        assert_eq!(order, vec![2, 9, 1, 5]);
+    }
 }

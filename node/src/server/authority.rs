@@ -103,6 +103,15 @@ impl Owned {
         true
     }
 
+    /// Whether `id` is held through `territory`, granted at exactly `epoch`.
+    /// A creation confirmation (`HandoffIn` with no `from_territory`) for an
+    /// entity held so needs nothing: our state is newer than the write that
+    /// created it.
+    pub fn holds(&self, id: EntityId, territory: &str, epoch: u64) -> bool {
+        self.entities.get(&id).is_some_and(|h| h.territory == territory)
+            && self.epoch(territory) == Some(epoch)
+    }
+
     /// Stop simulating `id` now. True if it was held.
     pub fn handoff_out(&mut self, id: EntityId) -> bool {
         self.entities.remove(&id).is_some()
@@ -154,6 +163,8 @@ mod tests {
         assert!(!o.handoff_in(e(1), "a", 4), "stale epoch");
         assert!(o.handoff_in(e(1), "a", 5));
         assert_eq!(o.write_epoch(1), Some(5));
+        assert!(o.holds(1, "a", 5));
+        assert!(!o.holds(1, "a", 4) && !o.holds(1, "b", 5) && !o.holds(2, "a", 5));
         // Re-granted with a newer epoch: writes carry it from now on.
         o.grant("a", 9);
         assert_eq!(o.write_epoch(1), Some(9));

@@ -15,6 +15,8 @@ use crate::model::{Entity, EntityId, PlayerId, Vec3};
 use crate::wire::pb;
 use crate::wire::validate::MAX_SPEED_KM_S;
 
+use super::system::SystemView;
+
 /// A new entity a game asks the server to create, and the territory it is in
 /// (the server needs the territory's epoch to stamp the first write).
 #[derive(Clone, Debug, PartialEq)]
@@ -34,6 +36,22 @@ pub trait Game: Send + 'static {
     fn input(&mut self, e: &mut Entity, player: PlayerId, input: &[u8]) -> bool;
     /// An input for an entity that does not exist yet: a game may create it.
     fn spawn(&mut self, id: EntityId, player: PlayerId, input: &[u8]) -> Option<Spawned>;
+    /// `e` arrived through a jump gate into `system` (the one this server
+    /// serves): its components may still hold the old system's state (e.g.
+    /// waypoints there). True if it changed. Called after `entered`.
+    fn arrived(&mut self, _e: &mut Entity, _system: &SystemView) -> bool {
+        false
+    }
+    /// Whether `e`, handed to this server without a gate label (e.g. with a
+    /// territory grant after the server that was to receive its arrival
+    /// died), still needs `arrived`: its state belongs to another system.
+    fn misplaced(&self, _e: &Entity, _system: &SystemView) -> bool {
+        false
+    }
+    /// Whether `e`, within a jump gate's radius, enters it.
+    fn takes_gate(&self, _e: &Entity) -> bool {
+        true
+    }
 }
 
 pub const SHIP_KIND: u32 = 1;
@@ -87,7 +105,53 @@ pub fn fly(pos: Vec3, target: Vec3, radius: f64, max_speed: f64, dt: f64) -> (Ve
     (np, if arrived { Vec3::default() } else { vel }, arrived)
 }
 
+/// A new route in `system` for a ship that arrived through a gate: two of its
+/// stations or landing zones, chosen by the ship's id (stable, spread out).
+/// Empty when the system has nowhere to dock: the ship then rests at the gate.
+pub fn arrival_route(system: &SystemView, id: EntityId) -> Vec<pb::Waypoint> {
+    let n = system.docks.len() as u64;
+    if n == 0 {
+        return Vec::new();
+    }
+    let h = id.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 7;
+    let a = (h % n) as usize;
+    let b = ((h / n.max(1) + 1) % n) as usize;
+    let mut route = vec![system.docks[a].clone()];
+    if b != a {
+        route.push(system.docks[b].clone());
+    }
+    route
+}
+
 impl Game for ExampleGame {
+    fn takes_gate(&self, e: &Entity) -> bool {
+        e.kind == SHIP_KIND
+    }
+
+    fn misplaced(&self, e: &Entity, system: &SystemView) -> bool {
+        // At rest at one of our gates' exits (where an arrival is put) with a
+        // route through places this system does not have.
+        let known = |n: &str| {
+            system.docks.iter().any(|d| d.name == n) || system.gates.iter().any(|g| g.name == n)
+        };
+        e.kind == SHIP_KIND
+            && system.gates.iter().any(|g| *g.name == *e.location)
+            && ship_state(e).route.iter().any(|w| !known(&w.name))
+    }
+
+    fn arrived(&mut self, e: &mut Entity, system: &SystemView) -> bool {
+        if e.kind != SHIP_KIND {
+            return false;
+        }
+        let mut s = ship_state(e);
+        s.route = arrival_route(system, e.id);
+        s.next = 0;
+        s.docked_ticks = 0;
+        s.manual_velocity = None;
+        set_state(e, &s);
+        true
+    }
+
     fn step(&mut self, e: &mut Entity, dt: f64) -> bool {
         if e.kind != SHIP_KIND {
             return false;
@@ -300,6 +364,39 @@ mod tests {
         assert!(g.input(&mut e, 1, &cmd(3, vec![wp("a", 100.0, 1.0)], 10.0)));
         assert!(g.step(&mut e, 1.0));
         assert_eq!(e.position.x, 20.0, "autopilot resumed");
+    }
+
+    #[test]
+    fn an_arrival_gets_a_route_in_the_new_system() {
+        let mut g = ExampleGame;
+        let mut e = ship(Vec3::default());
+        assert!(g.input(&mut e, 9, &cmd(1, vec![wp("old-a", 100.0, 5.0)], 50.0)));
+        let sys = SystemView {
+            name: "b".into(),
+            gates: vec![],
+            docks: vec![wp("new-a", 10.0, 1.0), wp("new-b", 20.0, 1.0), wp("new-c", 30.0, 1.0)],
+        };
+        assert!(!g.misplaced(&e, &sys), "not at a gate");
+        e.location = "gate-b".into();
+        let sys = SystemView {
+            gates: vec![crate::server::system::GateSpot {
+                name: "gate-b".into(),
+                position: Vec3::default(),
+                target_system: "a".into(),
+                target_gate: "gate-a".into(),
+            }],
+            ..sys
+        };
+        assert!(g.misplaced(&e, &sys), "at our gate with another system's route");
+        assert!(g.arrived(&mut e, &sys));
+        assert!(!g.misplaced(&e, &sys));
+        let s = ship_state(&e);
+        assert_eq!(s.route.len(), 2);
+        assert!(s.route.iter().all(|w| w.name.starts_with("new-")), "{:?}", s.route);
+        assert_eq!((s.player_id, s.last_input_seq), (9, 1), "the rest of the state is kept");
+        assert!(g.step(&mut e, 0.01));
+        assert!(g.arrived(&mut e, &SystemView::default()));
+        assert!(ship_state(&e).route.is_empty(), "nowhere to dock: at rest");
     }
 
     #[test]

@@ -20,6 +20,8 @@ pub struct Metrics {
     pub writes_dropped: IntCounter,
     pub writes_rejected: IntCounter,
     pub handoffs: IntCounterVec,
+    /// Jump-gate events: entered (GateEnter sent), accepted, refused, arrived.
+    pub gates: IntCounterVec,
     pub inputs: IntCounter,
     pub reconnects: IntCounter,
     pub connected: AtomicBool,
@@ -98,6 +100,17 @@ impl Metrics {
                         "Entities received (in) or given up (out)",
                     ),
                     &["direction"],
+                )
+                .expect("valid metric"),
+            ),
+            gates: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "starmesh_server_gate_events_total",
+                        "Jump gates: GateEnter sent (entered), accepted, refused; ships arrived",
+                    ),
+                    &["event"],
                 )
                 .expect("valid metric"),
             ),

@@ -10,8 +10,9 @@
 pub mod authority;
 pub mod game;
 pub mod metrics;
+pub mod system;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -31,6 +32,15 @@ use crate::wire::validate::{
 use authority::Owned;
 use game::Game;
 use metrics::Metrics;
+use system::SystemView;
+
+/// How close (km) to a gate's centre a ship must be for `GateEnter` (the
+/// replicant's `GATE_RADIUS_KM`). The server asks a little inside it, so the
+/// replicant's check of the same position never disagrees by rounding.
+pub const GATE_RADIUS_KM: f64 = crate::replicant::gate::GATE_RADIUS_KM;
+const GATE_ENTER_KM: f64 = GATE_RADIUS_KM * 0.99;
+/// Prefix of the territory a gate handoff names (`gate:<system>/<gate>`).
+pub const GATE_PREFIX: &str = "gate:";
 
 /// Messages the replicant may send us; generous (handoffs carry components),
 /// but bounded like everything else off the network.
@@ -56,7 +66,19 @@ impl ServerConfig {
 }
 
 /// Runs forever: one session after another, with backoff between them.
-pub async fn run<G: Game>(cfg: ServerConfig, mut game: G, m: Arc<Metrics>) {
+/// Without a StarSystem: no jump gates.
+pub async fn run<G: Game>(cfg: ServerConfig, game: G, m: Arc<Metrics>) {
+    run_in(cfg, game, m, None).await
+}
+
+/// `run` for a server that knows its StarSystem: ships it holds take the
+/// system's jump gates, and ships arriving through one get a new route.
+pub async fn run_in<G: Game>(
+    cfg: ServerConfig,
+    mut game: G,
+    m: Arc<Metrics>,
+    system: Option<Arc<SystemView>>,
+) {
     let mut backoff = MIN_BACKOFF;
     let mut first = true;
     loop {
@@ -64,7 +86,7 @@ pub async fn run<G: Game>(cfg: ServerConfig, mut game: G, m: Arc<Metrics>) {
             m.reconnects.inc();
         }
         first = false;
-        match session(&cfg, &mut game, &m).await {
+        match session(&cfg, &mut game, &m, system.clone()).await {
             Ok(welcomed) => {
                 tracing::warn!(replicant = %cfg.replicant, "replicant stream ended; reconnecting");
                 if welcomed {
@@ -135,10 +157,19 @@ struct Session<'a, G> {
     tx: mpsc::Sender<pb::ServerMessage>,
     seq: u64,
     lease: Option<Duration>,
+    system: Option<Arc<SystemView>>,
+    /// Ships that sent `GateEnter` and have not left the gate radius since:
+    /// no second `GateEnter` until they leave and enter again.
+    at_gate: HashSet<EntityId>,
 }
 
 /// One connection. Returns whether the replicant welcomed us (for backoff).
-async fn session<G: Game>(cfg: &ServerConfig, game: &mut G, m: &Metrics) -> anyhow::Result<bool> {
+async fn session<G: Game>(
+    cfg: &ServerConfig,
+    game: &mut G,
+    m: &Metrics,
+    system: Option<Arc<SystemView>>,
+) -> anyhow::Result<bool> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", cfg.replicant))?
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true)
@@ -158,6 +189,8 @@ async fn session<G: Game>(cfg: &ServerConfig, game: &mut G, m: &Metrics) -> anyh
         tx,
         seq: 0,
         lease: None,
+        system,
+        at_gate: HashSet::new(),
     };
 
     let period = cfg.period();
@@ -268,6 +301,15 @@ impl<G: Game> Session<'_, G> {
             }
             Msg::HandoffIn(h) => {
                 let state = h.entity?;
+                // No `from_territory`: our write created the entity and the replicant
+                // confirms we hold it (`replicant::tick::confirm_created`). Still
+                // simulating it: keep our newer state. Dropped meanwhile on a
+                // rejection of an earlier write: take it back, like any handoff.
+                if h.from_territory.is_empty()
+                    && self.owned.holds(state.id, &h.to_territory, h.epoch)
+                {
+                    return None;
+                }
                 match validate::entity_from_pb(state) {
                     Ok(e) => {
                         let id = e.id;
@@ -277,8 +319,19 @@ impl<G: Game> Session<'_, G> {
                             // at once (also for an entity at rest), so the world sees its
                             // new owner within a tick.
                             self.dirty.insert(id);
-                            if let Some(held) = self.owned.get(id) {
+                            self.at_gate.remove(&id);
+                            if let Some(held) = self.owned.get_mut(id) {
                                 self.game.entered(&held.entity);
+                                // Arrived through a jump gate (or came back from one the
+                                // target refused): its route may be another system's.
+                                if let Some(sys) = &self.system
+                                    && (h.from_territory.starts_with(GATE_PREFIX)
+                                        || self.game.misplaced(&held.entity, sys))
+                                {
+                                    m.gates.with_label_values(&["arrived"]).inc();
+                                    tracing::info!(id, from = %h.from_territory, "ship arrived through a jump gate");
+                                    self.game.arrived(&mut held.entity, sys);
+                                }
                             }
                         }
                     }
@@ -287,6 +340,11 @@ impl<G: Game> Session<'_, G> {
             }
             Msg::HandoffOut(h) => {
                 let id = h.entity.map_or(0, |e| e.id);
+                self.at_gate.remove(&id);
+                if h.to_territory.starts_with(GATE_PREFIX) {
+                    m.gates.with_label_values(&["accepted"]).inc();
+                    tracing::info!(id, to = %h.to_territory, "ship left through a jump gate");
+                }
                 if self.owned.handoff_out(id) {
                     self.dirty.remove(&id);
                     self.game.left(id);
@@ -312,7 +370,14 @@ impl<G: Game> Session<'_, G> {
                         || f.reason == pb::RejectReason::NotOwner as i32;
                     let stale = fenced
                         && self.owned.write_epoch(f.id).is_some_and(|e| e != f.current_epoch);
-                    if stale && self.owned.handoff_out(f.id) {
+                    // Left (or leaving) through a jump gate: not in this system.
+                    let gone = f.reason == pb::RejectReason::GateInTransit as i32;
+                    if gate_refusal(f.reason) {
+                        // A GateEnter refused before anything changed: keep simulating.
+                        m.gates.with_label_values(&["refused"]).inc();
+                        tracing::info!(id = f.id, reason = f.reason, "GateEnter refused");
+                    }
+                    if (stale || gone) && self.owned.handoff_out(f.id) {
                         self.dirty.remove(&f.id);
                         self.game.left(f.id);
                     }
@@ -379,12 +444,80 @@ impl<G: Game> Session<'_, G> {
                 Err(_) => self.m.writes_dropped.inc(),
             }
         }
+        self.gates();
     }
+
+    /// Ships within a gate's radius enter it: after this tick's writes (so the
+    /// replicant checks the position just written), on the same stream.
+    fn gates(&mut self) {
+        let Some(sys) = self.system.clone() else { return };
+        if sys.gates.is_empty() {
+            return;
+        }
+        let mut enter = Vec::new();
+        for h in self.owned.held_mut() {
+            let id = h.entity.id;
+            match sys.gate_at(h.entity.position, GATE_ENTER_KM) {
+                Some(g) if !self.at_gate.contains(&id) && self.game.takes_gate(&h.entity) => {
+                    enter.push((id, g.name.clone()));
+                }
+                Some(_) => {}
+                None => {
+                    self.at_gate.remove(&id);
+                }
+            }
+        }
+        for (id, gate) in enter {
+            let (Some(epoch), Some(h)) = (self.owned.write_epoch(id), self.owned.get(id)) else {
+                continue;
+            };
+            // The final write first, on the same stream: the replicant checks the
+            // gate radius against it and moves exactly this state.
+            if sendable(&h.entity) {
+                self.seq += 1;
+                if self.tx.try_send(write_msg(self.seq, epoch, &h.entity)).is_err() {
+                    self.m.writes_dropped.inc();
+                    continue;
+                }
+                self.m.writes.inc();
+            }
+            self.at_gate.insert(id);
+            self.seq += 1;
+            let msg = pb::ServerMessage {
+                msg: Some(server_message::Msg::GateEnter(pb::GateEnter {
+                    seq: self.seq,
+                    epoch,
+                    id,
+                    gate: gate.clone(),
+                })),
+            };
+            if self.tx.try_send(msg).is_ok() {
+                self.m.gates.with_label_values(&["entered"]).inc();
+                tracing::info!(id, %gate, epoch, "ship entered a jump gate");
+            } else {
+                // Not sent: try again next tick.
+                self.at_gate.remove(&id);
+            }
+        }
+    }
+}
+
+/// A `REJECT_REASON_GATE_*` refusal of a `GateEnter` (not the in-transit fence).
+fn gate_refusal(reason: i32) -> bool {
+    [
+        pb::RejectReason::GateUnknown,
+        pb::RejectReason::GateTooFar,
+        pb::RejectReason::GateNoPeer,
+        pb::RejectReason::GateNoEntity,
+    ]
+    .iter()
+    .any(|r| *r as i32 == reason)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prost::Message;
 
     #[test]
     fn skipped_ticks_are_counted_not_replayed() {
@@ -415,6 +548,189 @@ mod tests {
         assert!(a.elapsed() >= p - Duration::from_millis(1), "{:?}", a.elapsed());
     }
 
+    fn gate_world() -> Arc<SystemView> {
+        Arc::new(SystemView {
+            name: "alpha".into(),
+            gates: vec![system::GateSpot {
+                name: "g".into(),
+                position: crate::model::Vec3::new(1000.0, 0.0, 0.0),
+                target_system: "beta".into(),
+                target_gate: "h".into(),
+            }],
+            docks: vec![pb::Waypoint {
+                name: "dock".into(),
+                position: Some(pb::Vec3 { x: 0.0, y: 0.0, z: 0.0 }),
+                radius: 1.0,
+            }],
+        })
+    }
+
+    fn at(x: f64) -> pb::EntityState {
+        let comps = pb::ShipState {
+            route: vec![pb::Waypoint { name: "elsewhere".into(), ..Default::default() }],
+            player_id: 7,
+            ..Default::default()
+        };
+        pb::EntityState {
+            id: 5,
+            kind: game::SHIP_KIND,
+            position: Some(pb::Vec3 { x, y: 0.0, z: 0.0 }),
+            velocity: Some(pb::Vec3::default()),
+            version: 3,
+            components: comps.encode_to_vec().into(),
+            territory: "t".into(),
+            ..Default::default()
+        }
+    }
+
+    fn handoff(e: pb::EntityState, from: &str, epoch: u64) -> Msg {
+        Msg::HandoffIn(pb::EntityHandoff {
+            entity: Some(e),
+            from_territory: from.into(),
+            to_territory: "t".into(),
+            epoch,
+            tick: 1,
+        })
+    }
+
+    fn drain(rx: &mut mpsc::Receiver<pb::ServerMessage>) -> Vec<server_message::Msg> {
+        std::iter::from_fn(|| rx.try_recv().ok()).filter_map(|m| m.msg).collect()
+    }
+
+    fn gate_enters(v: &[server_message::Msg]) -> Vec<(u64, u64, String)> {
+        v.iter()
+            .filter_map(|m| match m {
+                server_message::Msg::GateEnter(g) => Some((g.id, g.epoch, g.gate.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_ship_at_a_gate_enters_it_once_after_its_final_write() {
+        let mut g = game::ExampleGame;
+        let m = Metrics::new(0.033);
+        let (tx, mut rx) = mpsc::channel(64);
+        let mut s = Session {
+            game: &mut g,
+            m: &m,
+            owned: Owned::default(),
+            dirty: BTreeSet::new(),
+            tx,
+            seq: 0,
+            lease: None,
+            system: Some(gate_world()),
+            at_gate: HashSet::new(),
+        };
+        let msg = |m| pb::ReplicantMessage { msg: Some(m) };
+        s.handle(msg(Msg::Grant(pb::AuthorityGrant { territory: "t".into(), epoch: 4 })));
+        s.handle(msg(handoff(at(1050.0), "t", 4)));
+        s.tick(0.0);
+        let out = drain(&mut rx);
+        assert_eq!(gate_enters(&out), vec![(5, 4, "g".to_string())]);
+        let pos = |m: &server_message::Msg| matches!(m, server_message::Msg::Write(w) if w.id == 5);
+        let (w, e) = (
+            out.iter().rposition(pos),
+            out.iter().position(|m| matches!(m, server_message::Msg::GateEnter(_))),
+        );
+        assert!(w < e, "the final write goes first: {out:?}");
+        s.tick(0.0);
+        assert!(gate_enters(&drain(&mut rx)).is_empty(), "no second GateEnter while inside");
+
+        // Refused (e.g. no peer): keeps simulating, still no resend while inside.
+        s.handle(msg(Msg::Rejected(pb::WritesRejected {
+            first: vec![pb::WriteRejected {
+                seq: 2,
+                id: 5,
+                reason: pb::RejectReason::GateNoPeer as i32,
+                current_epoch: 4,
+            }],
+            ..Default::default()
+        })));
+        assert!(s.owned.get(5).is_some());
+        s.tick(0.0);
+        assert!(gate_enters(&drain(&mut rx)).is_empty());
+        // Out of the radius and back in: a new GateEnter.
+        if let Some(h) = s.owned.get_mut(5) {
+            h.entity.position.x = 1500.0;
+        }
+        s.tick(0.0);
+        if let Some(h) = s.owned.get_mut(5) {
+            h.entity.position.x = 990.0;
+        }
+        s.tick(0.0);
+        assert_eq!(gate_enters(&drain(&mut rx)).len(), 1);
+
+        // Accepted: the handoff-out to the gate stops simulation.
+        s.handle(msg(Msg::HandoffOut(pb::EntityHandoff {
+            entity: Some(at(990.0)),
+            to_territory: "gate:beta/h".into(),
+            ..Default::default()
+        })));
+        assert!(s.owned.get(5).is_none());
+
+        // A ship that arrives through a gate gets a route in this system.
+        s.handle(msg(handoff(at(1300.0), "gate:beta/h", 4)));
+        let held = s.owned.get(5).map(|h| game::ship_state(&h.entity)).unwrap_or_default();
+        assert_eq!(held.route.iter().map(|w| w.name.as_str()).collect::<Vec<_>>(), ["dock"]);
+        assert_eq!(held.player_id, 7);
+
+        // A ship fenced as in transit elsewhere is dropped at once.
+        s.handle(msg(Msg::Rejected(pb::WritesRejected {
+            first: vec![pb::WriteRejected {
+                seq: 9,
+                id: 5,
+                reason: pb::RejectReason::GateInTransit as i32,
+                current_epoch: 0,
+            }],
+            ..Default::default()
+        })));
+        assert!(s.owned.get(5).is_none());
+    }
+
+    #[test]
+    fn a_creation_confirmation_keeps_our_state_or_brings_a_dropped_entity_back() {
+        let mut g = game::ExampleGame;
+        let m = Metrics::new(0.033);
+        let (tx, _rx) = mpsc::channel(64);
+        let mut s = Session {
+            game: &mut g,
+            m: &m,
+            owned: Owned::default(),
+            dirty: BTreeSet::new(),
+            tx,
+            seq: 0,
+            lease: None,
+            system: None,
+            at_gate: HashSet::new(),
+        };
+        let msg = |m| pb::ReplicantMessage { msg: Some(m) };
+        let x = |s: &Session<'_, game::ExampleGame>| s.owned.get(5).map(|h| h.entity.position.x);
+        s.handle(msg(Msg::Grant(pb::AuthorityGrant { territory: "t".into(), epoch: 4 })));
+        s.handle(msg(handoff(at(100.0), "t", 4)));
+        if let Some(h) = s.owned.get_mut(5) {
+            h.entity.position.x = 150.0;
+        }
+        // Still simulated: the confirmation carries older state, ours is kept.
+        s.handle(msg(handoff(at(100.0), "", 4)));
+        assert_eq!(x(&s), Some(150.0));
+        // Dropped on the rejection of an earlier write (placed elsewhere then)...
+        s.handle(msg(Msg::Rejected(pb::WritesRejected {
+            first: vec![pb::WriteRejected {
+                seq: 1,
+                id: 5,
+                reason: pb::RejectReason::StaleEpoch as i32,
+                current_epoch: 9,
+            }],
+            ..Default::default()
+        })));
+        assert_eq!(x(&s), None);
+        // ...then a write already in flight created it here: taken back.
+        s.handle(msg(handoff(at(100.0), "", 4)));
+        assert_eq!(x(&s), Some(100.0));
+        assert!(s.dirty.contains(&5));
+    }
+
     #[test]
     fn invalid_entities_are_not_sendable() {
         let mut e = Entity {
@@ -443,35 +759,57 @@ mod tests {
 /// `starmesh server` flags.
 #[derive(clap::Args, Debug)]
 pub struct ServerArgs {
-    /// The shard's replicant (host:port of its gRPC endpoint).
+    /// The shard's replicant (host:port of its gRPC endpoint); else read from --mesh-map.
     #[arg(long, env = "STARMESH_REPLICANT")]
-    pub replicant: String,
-    /// This server's name: the ServerLayout's server name for static territories.
+    pub replicant: Option<String>,
+    /// This server's name: the ServerLayout's server name for static territories; else
+    /// `servers[k]` of --mesh-map, k the ordinal of POD_NAME (or the host name).
     #[arg(long, env = "STARMESH_SERVER_NAME")]
-    pub name: String,
+    pub name: Option<String>,
+    /// The operator's mesh map (mesh-map.json), in a cluster.
+    #[arg(long, env = "STARMESH_MESH_MAP")]
+    pub mesh_map: Option<std::path::PathBuf>,
+    /// Which shard of the mesh map this server belongs to.
+    #[arg(long, env = "STARMESH_SHARD", default_value_t = 0)]
+    pub shard: i32,
+    /// This pod's name (the StatefulSet's `<name>-<k>`), for the name from --mesh-map.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
     /// Ticks per second (the ServerLayout's `tickRate`).
     #[arg(long, env = "STARMESH_TICK_RATE", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub tick_rate: u32,
     /// `/metrics`, `/healthz`, `/readyz`.
     #[arg(long, env = "STARMESH_METRICS_LISTEN", default_value = "127.0.0.1:9101")]
     pub metrics: SocketAddr,
+    /// StarSystem YAML (the one the replicant serves): its jump gates, and routes for
+    /// ships arriving through one. Without it, ships take no gates.
+    #[arg(long, env = "STARMESH_SYSTEM_FILE")]
+    pub system: Option<std::path::PathBuf>,
 }
 
 /// The `starmesh server` role with the example game.
 pub fn main(a: ServerArgs) -> anyhow::Result<()> {
+    let mesh_map = a.mesh_map.as_deref();
+    let replicant = crate::mesh_map::resolve_replicant(a.replicant.as_deref(), mesh_map, a.shard)?;
+    let name =
+        crate::mesh_map::resolve_server_name(a.name.as_deref(), mesh_map, a.pod_name.as_deref())?;
     anyhow::ensure!(
-        !a.name.is_empty() && a.name.len() <= MAX_NAME_LEN,
+        !name.is_empty() && name.len() <= MAX_NAME_LEN,
         "--name must be 1..={MAX_NAME_LEN} bytes"
     );
+    let system = match &a.system {
+        Some(p) => Some(Arc::new(SystemView::load(p)?)),
+        None => None,
+    };
     tokio::runtime::Runtime::new()?.block_on(async move {
-        let cfg = ServerConfig { replicant: a.replicant, name: a.name, tick_hz: a.tick_rate };
+        let cfg = ServerConfig { replicant, name, tick_hz: a.tick_rate };
         let m = Arc::new(Metrics::new(cfg.period().as_secs_f64()));
         let bound = serve_metrics(m.clone(), a.metrics).await?;
         // Tests and tools parse this line to learn the bound address.
         println!("starmesh server name={} metrics={bound}", cfg.name);
         tokio::select! {
-            _ = run(cfg, game::ExampleGame, m) => {}
-            r = tokio::signal::ctrl_c() => r?,
+            _ = run_in(cfg, game::ExampleGame, m, system) => {}
+            r = crate::signal::terminate() => r?,
         }
         Ok(())
     })

@@ -4,7 +4,8 @@
 //! offline, nothing comes from a CDN), `/api/system` (the static geometry),
 //! `/api/state` (one snapshot, for tools and tests), `/events` (Server-Sent
 //! Events: one snapshot, then deltas), `/metrics` (the replicant's registry),
-//! and `POST /api/servers/{name}/kill` (simulate a crash, loopback only).
+//! `/api/control` (what the page may offer), and `POST /api/servers/{name}/kill`
+//! (simulate a crash; loopback only, else 403 and the page shows it is read-only).
 
 pub mod feed;
 pub mod system;
@@ -26,7 +27,12 @@ use feed::Feed;
 
 /// What the map may ask of the group it shows (implemented by `local`'s supervisor).
 pub trait Control: Send + Sync {
-    /// Kills a game server as a crash would (no goodbye); false if unknown.
+    /// Whether the map may kill servers: only when it is not reachable from
+    /// other machines (served on loopback). Otherwise the map is read-only,
+    /// and the page says so.
+    fn kill_allowed(&self) -> bool;
+    /// Kills a game server as a crash would (no goodbye); false if unknown
+    /// or not allowed.
     fn kill_server(&self, name: &str) -> bool;
 }
 
@@ -79,6 +85,14 @@ pub fn router(state: WebState) -> Router {
                 )
             }),
         )
+        // What the page may offer: it hides the kill button and shows a
+        // read-only banner when this says no.
+        .route(
+            "/api/control",
+            get(|s: State<WebState>| async move {
+                json_response(serde_json::json!({ "kill": s.control.kill_allowed() }).to_string())
+            }),
+        )
         .route("/api/servers/{name}/kill", post(kill))
         .with_state(state)
 }
@@ -117,6 +131,14 @@ impl Server {
 }
 
 async fn kill(State(s): State<WebState>, Path(name): Path<String>) -> (StatusCode, String) {
+    if !s.control.kill_allowed() {
+        return (
+            StatusCode::FORBIDDEN,
+            "the map is read-only: it is served on a non-loopback address; \
+             killing servers is only offered with --listen on loopback (e.g. 127.0.0.1:8080)\n"
+                .to_string(),
+        );
+    }
     if s.control.kill_server(&name) {
         (StatusCode::OK, format!("killed {name}\n"))
     } else {

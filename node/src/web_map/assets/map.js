@@ -48,6 +48,7 @@
     totals: { handoffs: 0, takeovers: 0 },
     events: [],
     selected: null, // {type, name}
+    canKill: false, // until /api/control says otherwise
     snapshots: 0,
     deltas: 0,
   };
@@ -414,7 +415,7 @@
         ["state", state.live.includes(sel.name) ? "live" : "gone"], ["territories", owned.join(", ") || "none"],
         ["entities simulated", ents], ["players", players],
       ]));
-      if (state.live.includes(sel.name)) {
+      if (state.live.includes(sel.name) && state.canKill) {
         const b = html("button", "Kill this server (simulate a crash)");
         b.addEventListener("click", async () => {
           b.disabled = true;
@@ -491,7 +492,19 @@
     es.addEventListener("error", () => { status.textContent = "reconnecting…"; status.className = "status down"; });
   }
 
+  // Controls are offered only when the binary says so (the map is served on
+  // loopback); otherwise a banner says the map is read-only, so nobody wonders
+  // where the kill button went.
+  async function control() {
+    const r = await fetch("/api/control");
+    if (!r.ok) throw new Error("GET /api/control: " + r.status);
+    state.canKill = (await r.json()).kill === true;
+    $("readonly-banner").hidden = state.canKill;
+    document.body.classList.toggle("read-only", !state.canKill);
+  }
+
   async function start() {
+    await control();
     const r = await fetch("/api/system");
     if (!r.ok) throw new Error("GET /api/system: " + r.status);
     const sys = await r.json();
@@ -508,6 +521,7 @@
     state,
     layout,
     ready: () => state.system !== null && state.snapshots > 0,
+    readOnly: () => !state.canKill,
     entityPositions: () => Object.fromEntries([...state.entities].map(([id, e]) => [id, [e.sx, e.sy]])),
     locationsDrawn: () => [...locEls.keys()],
     ownerColour: (location) => (locEls.get(location) || {}).getAttribute?.("fill") || null,

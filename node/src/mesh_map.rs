@@ -1,0 +1,249 @@
+//! The operator's mesh map (`mesh-map.json` of the `<layout>-mesh-map` ConfigMap, mounted
+//! at `/etc/starmesh`): how a pod in the cluster finds its shard's replicant and, for a
+//! game server of a static layout, which server of the layout it is.
+//!
+//! Only the fields the node needs are read; unknown fields are ignored so the operator can
+//! add to the map. Everything read is validated: an address the node would dial is a
+//! parsed IP and a port in range, never a string passed on unchecked.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+
+use serde::Deserialize;
+
+/// Largest mesh map read (a layout with thousands of shards stays far below this).
+pub const MAX_BYTES: u64 = 4 * 1024 * 1024;
+/// The format version this node understands.
+pub const VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshMap {
+    pub version: u32,
+    #[serde(default)]
+    pub layout: String,
+    #[serde(default)]
+    pub mode: String,
+    /// Static layouts: server names in pod-ordinal order (pod k runs `servers[k]`).
+    #[serde(default)]
+    pub servers: Vec<String>,
+    pub shards: Vec<ShardEntry>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ShardEntry {
+    pub index: i32,
+    pub replicant: Endpoint,
+    pub gateway: Endpoint,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Endpoint {
+    #[serde(default)]
+    pub service: String,
+    #[serde(rename = "clusterIP")]
+    pub cluster_ip: String,
+    #[serde(default)]
+    pub ports: BTreeMap<String, i64>,
+}
+
+/// Why a mesh map could not be used; every message names the file's field.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("mesh map {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("mesh map {path}: larger than {MAX_BYTES} bytes")]
+    TooLarge { path: String },
+    #[error("mesh map: not valid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("mesh map: version {0} is not supported (this node reads version {VERSION})")]
+    Version(u32),
+    #[error("mesh map: no shard {0} in shards[] (the operator may not have written it yet)")]
+    NoShard(i32),
+    #[error("mesh map: shards[index={shard}].{field}: {problem}")]
+    Field { shard: i32, field: String, problem: String },
+    #[error(
+        "mesh map: cannot tell which server this pod runs: pod name {pod:?} has no ordinal \
+         `-<k>` with k < servers[] length {len}"
+    )]
+    NoServer { pod: String, len: usize },
+}
+
+impl MeshMap {
+    /// Parses and checks the version; addresses are checked when asked for.
+    pub fn parse(text: &str) -> Result<Self, Error> {
+        let m: MeshMap = serde_json::from_str(text)?;
+        if m.version != VERSION {
+            return Err(Error::Version(m.version));
+        }
+        Ok(m)
+    }
+
+    /// Reads `path` (bounded in size) and parses it.
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        use std::io::Read;
+        let p = || path.display().to_string();
+        let f = std::fs::File::open(path).map_err(|source| Error::Read { path: p(), source })?;
+        let mut text = String::new();
+        f.take(MAX_BYTES + 1)
+            .read_to_string(&mut text)
+            .map_err(|source| Error::Read { path: p(), source })?;
+        if text.len() as u64 > MAX_BYTES {
+            return Err(Error::TooLarge { path: p() });
+        }
+        Self::parse(&text)
+    }
+
+    fn shard(&self, shard: i32) -> Result<&ShardEntry, Error> {
+        self.shards.iter().find(|s| s.index == shard).ok_or(Error::NoShard(shard))
+    }
+
+    /// `host:port` of shard `shard`'s replicant gRPC endpoint (port named `grpc`).
+    pub fn replicant_addr(&self, shard: i32) -> Result<SocketAddr, Error> {
+        endpoint_addr(shard, "replicant", &self.shard(shard)?.replicant, "grpc")
+    }
+
+    /// `host:port` of shard `shard`'s gateway game endpoint (port named `game`).
+    pub fn gateway_addr(&self, shard: i32) -> Result<SocketAddr, Error> {
+        endpoint_addr(shard, "gateway", &self.shard(shard)?.gateway, "game")
+    }
+
+    /// The static server a pod runs: `servers[k]`, `k` the ordinal after the last `-` of
+    /// the StatefulSet pod's name.
+    pub fn server_name_for_pod(&self, pod_name: &str) -> Result<String, Error> {
+        let no_server = || Error::NoServer { pod: pod_name.to_string(), len: self.servers.len() };
+        let k: usize = pod_ordinal(pod_name).ok_or_else(no_server)?;
+        self.servers.get(k).cloned().ok_or_else(no_server)
+    }
+}
+
+/// The ordinal `k` of a StatefulSet pod `<name>-<k>`.
+pub fn pod_ordinal(pod_name: &str) -> Option<usize> {
+    let (_, k) = pod_name.rsplit_once('-')?;
+    if k.is_empty() || k.len() > 9 || !k.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    k.parse().ok()
+}
+
+fn endpoint_addr(shard: i32, role: &str, e: &Endpoint, port: &str) -> Result<SocketAddr, Error> {
+    let bad = |field: &str, problem: String| Error::Field {
+        shard,
+        field: format!("{role}.{field}"),
+        problem,
+    };
+    let ip: IpAddr = e
+        .cluster_ip
+        .parse()
+        .map_err(|_| bad("clusterIP", format!("{:?} is not an IP address", e.cluster_ip)))?;
+    if ip.is_unspecified() {
+        return Err(bad("clusterIP", format!("{ip} (a headless or unallocated Service)")));
+    }
+    let p = *e.ports.get(port).ok_or_else(|| bad("ports", format!("no port named {port:?}")))?;
+    let p = u16::try_from(p)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| bad(&format!("ports.{port}"), format!("{p} is not a port")))?;
+    Ok(SocketAddr::new(ip, p))
+}
+
+/// The replicant a server or gateway dials: `explicit` (`--replicant`) when given, else
+/// the mesh map's entry for `shard`. An error when neither is usable.
+pub fn resolve_replicant(
+    explicit: Option<&str>,
+    mesh_map: Option<&Path>,
+    shard: i32,
+) -> anyhow::Result<String> {
+    match (explicit, mesh_map) {
+        (Some(r), _) if !r.is_empty() => Ok(r.to_string()),
+        (_, Some(path)) => Ok(MeshMap::load(path)?.replicant_addr(shard)?.to_string()),
+        _ => anyhow::bail!("give --replicant HOST:PORT or --mesh-map FILE (STARMESH_MESH_MAP)"),
+    }
+}
+
+/// The static server name: `explicit` (`--name`) when given, else `servers[k]` of the mesh
+/// map for the pod `pod_name` (`POD_NAME`, falling back to the host name).
+pub fn resolve_server_name(
+    explicit: Option<&str>,
+    mesh_map: Option<&Path>,
+    pod_name: Option<&str>,
+) -> anyhow::Result<String> {
+    match (explicit, mesh_map) {
+        (Some(n), _) if !n.is_empty() => Ok(n.to_string()),
+        (_, Some(path)) => {
+            let pod = match pod_name.filter(|p| !p.is_empty()) {
+                Some(p) => p.to_string(),
+                None => hostname()
+                    .ok_or_else(|| anyhow::anyhow!("POD_NAME is unset and no host name"))?,
+            };
+            Ok(MeshMap::load(path)?.server_name_for_pod(&pod)?)
+        }
+        _ => anyhow::bail!("give --name NAME or --mesh-map FILE (STARMESH_MESH_MAP) with POD_NAME"),
+    }
+}
+
+fn hostname() -> Option<String> {
+    let h = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let h = h.trim();
+    (!h.is_empty() && h.len() <= 253).then(|| h.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAP: &str = r#"{"version":1,"namespace":"ns","layout":"stanton","system":"stanton",
+      "mode":"Static","tickRate":30,"servers":["a","b","c"],"territories":{"x":"a"},
+      "shards":[{"index":0,
+        "replicant":{"service":"stanton-shard-0-replicant","clusterIP":"198.18.130.7",
+                     "ports":{"grpc":7100,"metrics":9100}},
+        "gateway":{"service":"stanton-shard-0-gateway","clusterIP":"198.18.130.8",
+                   "ports":{"game":7777,"metrics":9100}},
+        "serversStatefulSet":"stanton-shard-0-servers","servers":3},
+        {"index":1,
+        "replicant":{"service":"r1","clusterIP":"None","ports":{"grpc":7100}},
+        "gateway":{"service":"g1","clusterIP":"","ports":{"game":70000}},
+        "serversStatefulSet":"stanton-shard-1-servers","servers":3}]}"#;
+
+    #[test]
+    fn reads_the_operators_map() {
+        let m = MeshMap::parse(MAP).expect("parses");
+        assert_eq!(m.replicant_addr(0).expect("addr").to_string(), "198.18.130.7:7100");
+        assert_eq!(m.gateway_addr(0).expect("addr").to_string(), "198.18.130.8:7777");
+        assert_eq!(m.server_name_for_pod("stanton-shard-0-servers-2").expect("name"), "c");
+        assert_eq!(m.server_name_for_pod("stanton-shard-0-servers-0").expect("name"), "a");
+    }
+
+    #[test]
+    fn rejects_what_it_cannot_use_with_the_field() {
+        let m = MeshMap::parse(MAP).expect("parses");
+        let e = m.replicant_addr(1).expect_err("None is no IP").to_string();
+        assert!(e.contains("shards[index=1].replicant.clusterIP"), "{e}");
+        let e = m.replicant_addr(2).expect_err("no shard 2").to_string();
+        assert!(e.contains("no shard 2"), "{e}");
+        let e = m.gateway_addr(1).expect_err("empty ip").to_string();
+        assert!(e.contains("gateway.clusterIP"), "{e}");
+        for pod in ["stanton-shard-0-servers-3", "nodash", "x-", "x-+1", "x-99999999999"] {
+            assert!(m.server_name_for_pod(pod).is_err(), "{pod}");
+        }
+        assert!(MeshMap::parse("{").is_err());
+        assert!(MeshMap::parse(r#"{"version":2,"shards":[]}"#).is_err());
+        let bad_port = MAP.replace("\"grpc\":7100,\"metrics\"", "\"grpc\":0,\"metrics\"");
+        let e = MeshMap::parse(&bad_port).expect("parses").replicant_addr(0).expect_err("0");
+        assert!(e.to_string().contains("ports.grpc"), "{e}");
+    }
+
+    #[test]
+    fn explicit_flags_win_and_missing_both_is_an_error() {
+        assert_eq!(resolve_replicant(Some("h:1"), None, 0).expect("explicit"), "h:1");
+        assert!(resolve_replicant(None, None, 0).is_err());
+        assert!(resolve_replicant(Some(""), None, 0).is_err());
+        assert_eq!(resolve_server_name(Some("n"), None, None).expect("explicit"), "n");
+        assert!(resolve_server_name(None, None, Some("p-0")).is_err());
+        let e = resolve_replicant(None, Some(Path::new("/nonexistent/mesh-map.json")), 0)
+            .expect_err("no file");
+        assert!(e.to_string().contains("/nonexistent/mesh-map.json"), "{e}");
+    }
+}
