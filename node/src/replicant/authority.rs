@@ -201,12 +201,21 @@ impl Authority {
                 _ => match &current {
                     Some(c) if self.eligible(c) => Some(c.clone()),
                     // No eligible server: a draining but live owner keeps it
-                    // (drain reports what remains) rather than leaving it unowned.
+                    // (drain reports what remains) rather than leaving it unowned;
+                    // one without a live owner (it died while every other server
+                    // drains) goes to the least-loaded draining one, for the same
+                    // reason: unowned, its entities would not be simulated at all.
                     _ => load
                         .iter()
                         .min_by_key(|(n, c)| (**c, (*n).clone()))
                         .map(|(n, _)| n.clone())
-                        .or_else(|| current.clone().filter(|c| self.servers.contains_key(c))),
+                        .or_else(|| current.clone().filter(|c| self.servers.contains_key(c)))
+                        .or_else(|| {
+                            self.servers
+                                .keys()
+                                .min_by_key(|n| (self.owned_by(n).count(), (*n).clone()))
+                                .cloned()
+                        }),
                 },
             };
             if desired == current {
@@ -320,6 +329,11 @@ mod tests {
         a.connect("s3".into(), 3, now + Duration::from_secs(4));
         assert_eq!(a.owned_by("s3").count(), 2);
         assert_eq!(a.drain("s2").1, 0);
+        // The owner goes while every other server drains: a draining one takes
+        // its territories rather than leaving them unowned (found by
+        // `tests/authority_simulation.rs`).
+        a.disconnect("s3", 3);
+        assert_eq!(a.owned_by("s2").count(), 2);
     }
 
     #[test]
