@@ -20,14 +20,15 @@
 
 use std::{
     collections::BTreeSet,
-    path::{Path, PathBuf},
-    sync::OnceLock,
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
-use starmesh_e2e::{Output, poll, repo_root, require_kubeconfig, run};
+use starmesh_e2e::{poll, repo_root};
 use starmesh_operator::builders;
+use support::{get_json, helm, kubectl, kubectl_raw, secs, tool, tools, unique_suffix};
+
+mod support;
 
 const RELEASE: &str = "starmesh";
 /// Objects the chart names after the release (`starmesh.operatorName`).
@@ -36,86 +37,6 @@ const LAYOUT: &str = "stanton";
 const EVERY: Duration = Duration::from_millis(500);
 
 // ---- harness -------------------------------------------------------------------------
-
-struct Tools {
-    kubeconfig: PathBuf,
-    helm: PathBuf,
-    /// kubectl's and helm's caches and config, so the test writes nothing under ~.
-    home: tempfile::TempDir,
-}
-
-fn tools() -> &'static Tools {
-    static T: OnceLock<Tools> = OnceLock::new();
-    T.get_or_init(|| {
-        let kubeconfig = PathBuf::from(require_kubeconfig(
-            "Boot a FULL cluster and load the images: e2e/run-cluster-tests.sh does both.",
-        ));
-        let helm = match std::env::var_os("HELM") {
-            Some(h) => PathBuf::from(h),
-            None => {
-                let script = repo_root().join("e2e/cluster/install-helm.sh");
-                let out = run(&script, &[], &[]);
-                assert!(out.ok, "install-helm.sh failed:\n{}", out.stderr);
-                PathBuf::from(out.stdout.lines().last().expect("install-helm.sh prints a path"))
-            }
-        };
-        Tools { kubeconfig, helm, home: tempfile::tempdir().expect("temp dir") }
-    })
-}
-
-fn envs(t: &Tools) -> Vec<(&'static str, PathBuf)> {
-    let h = t.home.path();
-    vec![
-        ("KUBECONFIG", t.kubeconfig.clone()),
-        // kubectl 1.32 against the 1.20 server: keep its discovery cache out of ~.
-        ("KUBECACHEDIR", h.join("kube-cache")),
-        ("HELM_CACHE_HOME", h.join("helm-cache")),
-        ("HELM_CONFIG_HOME", h.join("helm-config")),
-        ("HELM_DATA_HOME", h.join("helm-data")),
-    ]
-}
-
-fn tool(program: &Path, args: &[&str]) -> Output {
-    let e = envs(tools());
-    let e: Vec<(&str, &Path)> = e.iter().map(|(k, v)| (*k, v.as_path())).collect();
-    run(program, args, &e)
-}
-
-fn kubectl_raw(args: &[&str]) -> Output {
-    tool(Path::new("/usr/bin/kubectl"), args)
-}
-
-fn kubectl(args: &[&str]) -> String {
-    let out = kubectl_raw(args);
-    assert!(out.ok, "kubectl {args:?} failed:\n{}\n{}", out.stderr, out.stdout);
-    out.stdout
-}
-
-fn helm(args: &[&str]) -> String {
-    let out = tool(&tools().helm, args);
-    assert!(out.ok, "helm {args:?} failed:\n{}\n{}", out.stderr, out.stdout);
-    out.stdout
-}
-
-/// `kubectl get ... -o json`, or the error text (for polling).
-fn get_json(args: &[&str]) -> Result<Value, String> {
-    let mut a = vec!["get"];
-    a.extend_from_slice(args);
-    a.extend_from_slice(&["-o", "json"]);
-    let out = kubectl_raw(&a);
-    if !out.ok {
-        return Err(out.stderr.trim().to_string());
-    }
-    serde_json::from_str(&out.stdout).map_err(|e| format!("bad JSON from kubectl: {e}"))
-}
-
-fn unique_suffix() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!("{:x}", (nanos as u64) & 0xff_ffff)
-}
 
 /// What a failed wait prints: the operator's Deployment, pods, Lease and logs.
 fn diagnose(ns: &str) -> String {
@@ -436,10 +357,6 @@ fn assert_least_privilege(release_ns: &str, app_ns: &str) {
     ] {
         assert!(!operator_can(release_ns, verb, resource, ns), "operator may {verb} {resource}");
     }
-}
-
-fn secs(d: Duration) -> String {
-    format!("{:.1} s", d.as_secs_f64())
 }
 
 /// One test at a time: both install the same release name and cluster-scoped CRDs.

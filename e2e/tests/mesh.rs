@@ -15,13 +15,15 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::OnceLock,
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
-use starmesh_e2e::{Output, poll, repo_root, require_kubeconfig, run};
+use starmesh_e2e::{poll, repo_root, run};
 use starmesh_operator::builders;
+use support::{get_json, helm, kubectl, kubectl_raw, secs, tool, tools, unique_suffix};
+
+mod support;
 
 const RELEASE: &str = "starmesh";
 const LAYOUT: &str = "stanton";
@@ -30,88 +32,10 @@ const BOT_PLAYERS: usize = 50;
 /// Long enough to watch PLAYERS, delete a server pod and see it replaced.
 const BOT_SECONDS: u64 = 75;
 
-struct Tools {
-    kubeconfig: PathBuf,
-    helm: PathBuf,
-    home: tempfile::TempDir,
-}
-
-fn tools() -> &'static Tools {
-    static T: OnceLock<Tools> = OnceLock::new();
-    T.get_or_init(|| {
-        let kubeconfig = PathBuf::from(require_kubeconfig(
-            "Boot a FULL cluster and load the images: e2e/run-cluster-tests.sh does both.",
-        ));
-        let helm = match std::env::var_os("HELM") {
-            Some(h) => PathBuf::from(h),
-            None => {
-                let out = run(&repo_root().join("e2e/cluster/install-helm.sh"), &[], &[]);
-                assert!(out.ok, "install-helm.sh failed:\n{}", out.stderr);
-                PathBuf::from(out.stdout.lines().last().expect("install-helm.sh prints a path"))
-            }
-        };
-        Tools { kubeconfig, helm, home: tempfile::tempdir().expect("temp dir") }
-    })
-}
-
-fn tool(program: &Path, args: &[&str]) -> Output {
-    let t = tools();
-    let h = t.home.path();
-    let e = [
-        ("KUBECONFIG", t.kubeconfig.clone()),
-        ("KUBECACHEDIR", h.join("kube-cache")),
-        ("HELM_CACHE_HOME", h.join("helm-cache")),
-        ("HELM_CONFIG_HOME", h.join("helm-config")),
-        ("HELM_DATA_HOME", h.join("helm-data")),
-    ];
-    let e: Vec<(&str, &Path)> = e.iter().map(|(k, v)| (*k, v.as_path())).collect();
-    run(program, args, &e)
-}
-
-fn kubectl_raw(args: &[&str]) -> Output {
-    tool(Path::new("/usr/bin/kubectl"), args)
-}
-
-fn kubectl(args: &[&str]) -> String {
-    let out = kubectl_raw(args);
-    assert!(out.ok, "kubectl {args:?} failed:\n{}\n{}", out.stderr, out.stdout);
-    out.stdout
-}
-
-fn helm(args: &[&str]) -> String {
-    let out = tool(&tools().helm, args);
-    assert!(out.ok, "helm {args:?} failed:\n{}\n{}", out.stderr, out.stdout);
-    out.stdout
-}
-
-fn get_json(args: &[&str]) -> Result<Value, String> {
-    let mut a = vec!["get"];
-    a.extend_from_slice(args);
-    a.extend_from_slice(&["-o", "json"]);
-    let out = kubectl_raw(&a);
-    if !out.ok {
-        return Err(out.stderr.trim().to_string());
-    }
-    serde_json::from_str(&out.stdout).map_err(|e| format!("bad JSON from kubectl: {e}"))
-}
-
-/// `kubectl apply -f` of a document written to a temp file.
 fn apply_text(ns: &str, text: &str) {
     let f = tempfile::Builder::new().suffix(".yaml").tempfile().expect("temp file");
     std::fs::write(f.path(), text).expect("write manifest");
     kubectl(&["apply", "-n", ns, "-f", f.path().to_str().expect("utf-8")]);
-}
-
-fn secs(d: Duration) -> String {
-    format!("{:.1} s", d.as_secs_f64())
-}
-
-fn unique_suffix() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!("{:x}", (nanos as u64) & 0xff_ffff)
 }
 
 /// What a failed wait prints: the layout, the pods, their descriptions and logs, the
