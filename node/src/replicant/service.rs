@@ -119,24 +119,63 @@ pub fn is_transport_error(s: &Status) -> bool {
     false
 }
 
-/// Counts and logs how an inbound stream ended: a bad message (it is ended
-/// with that status), a broken connection, or a close (by the peer, or here:
-/// a kill or shutdown, which whoever stopped it already accounted for).
-fn record_end(
-    m: &super::metrics::Metrics,
-    link: &'static str,
-    bad: Option<&Status>,
-    broken: Option<&Status>,
-    stopped_here: bool,
-) {
-    if let Some(status) = bad {
-        m.bad_messages.inc();
-        tracing::warn!(link, status = %status.message(), "stream ended by a bad message");
-    } else if let Some(status) = broken {
-        m.stream_disconnects.with_label_values(&[link, "reset"]).inc();
-        tracing::info!(link, code = ?status.code(), status = %status.message(), "stream broke (peer gone)");
-    } else if !stopped_here {
-        m.stream_disconnects.with_label_values(&[link, "closed"]).inc();
+/// How an inbound session stream ended.
+enum StreamEnd {
+    /// A message that could not be decoded or validated: the stream is ended with this status.
+    Bad(Status),
+    /// The connection or stream broke under it (the peer crashed or was aborted).
+    Broken(Status),
+    /// The peer closed it.
+    Closed,
+    /// A kill or shutdown here; whoever stopped it already accounted for it.
+    StoppedHere,
+}
+
+impl StreamEnd {
+    /// The status to end the stream with, for a bad message only.
+    fn into_bad(self) -> Option<Status> {
+        match self {
+            StreamEnd::Bad(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// The next message of a session, or how its stream ended. Shared by the server
+/// and gateway sessions so both tell a bad message from a dead peer the same way.
+async fn next_message<T>(
+    inbound: &mut Streaming<T>,
+    kill: &Notify,
+    shutdown: &Notify,
+) -> Result<T, StreamEnd> {
+    let msg = tokio::select! {
+        _ = kill.notified() => return Err(StreamEnd::StoppedHere),
+        _ = shutdown.notified() => return Err(StreamEnd::StoppedHere),
+        msg = inbound.message() => msg,
+    };
+    match msg {
+        Ok(Some(msg)) => Ok(msg),
+        Ok(None) => Err(StreamEnd::Closed),
+        Err(s) if is_transport_error(&s) => Err(StreamEnd::Broken(s)),
+        Err(s) => Err(StreamEnd::Bad(undecodable(&s))),
+    }
+}
+
+/// Counts and logs how an inbound stream ended.
+fn record_end(m: &super::metrics::Metrics, link: &'static str, end: &StreamEnd) {
+    match end {
+        StreamEnd::Bad(status) => {
+            m.bad_messages.inc();
+            tracing::warn!(link, status = %status.message(), "stream ended by a bad message");
+        }
+        StreamEnd::Broken(status) => {
+            m.stream_disconnects.with_label_values(&[link, "reset"]).inc();
+            tracing::info!(link, code = ?status.code(), status = %status.message(), "stream broke (peer gone)");
+        }
+        StreamEnd::Closed => {
+            m.stream_disconnects.with_label_values(&[link, "closed"]).inc();
+        }
+        StreamEnd::StoppedHere => {}
     }
 }
 
@@ -179,27 +218,15 @@ async fn server_session(
 ) {
     let m = &shared.metrics;
     let mut session: Option<(u64, ServerName)> = None;
-    let mut broken: Option<Status> = None;
-    let mut stopped_here = false;
-    let end: Option<Status> = loop {
-        let msg = tokio::select! {
-            _ = kill.notified() => { stopped_here = true; break None }
-            _ = shared.shutdown.notified() => { stopped_here = true; break None }
-            msg = inbound.message() => msg,
-        };
-        let msg = match msg {
-            Ok(Some(msg)) => msg,
-            Ok(None) => break None,
-            Err(s) if is_transport_error(&s) => {
-                broken = Some(s);
-                break None;
-            }
-            Err(s) => break Some(undecodable(&s)),
+    let end = loop {
+        let msg = match next_message(inbound, &kill, &shared.shutdown).await {
+            Ok(msg) => msg,
+            Err(end) => break end,
         };
         m.count("server", "in", msg.encoded_len());
         let cmd = match validate::server_message(msg) {
             Ok(c) => c,
-            Err(e) => break Some(e.into()),
+            Err(e) => break StreamEnd::Bad(e.into()),
         };
         let mut core = shared.lock();
         match (cmd, &session) {
@@ -236,10 +263,12 @@ async fn server_session(
                 session = Some((conn, name));
             }
             (ServerCommand::Hello(_), Some(_)) => {
-                break Some(validate::WireError::Unexpected("second hello").into());
+                break StreamEnd::Bad(validate::WireError::Unexpected("second hello").into());
             }
             (_, None) => {
-                break Some(validate::WireError::Unexpected("first message must be hello").into());
+                break StreamEnd::Bad(
+                    validate::WireError::Unexpected("first message must be hello").into(),
+                );
             }
             (ServerCommand::Heartbeat, Some((conn, name))) => {
                 core.world.authority.heartbeat(name, *conn, Instant::now())
@@ -322,7 +351,8 @@ async fn server_session(
             }
         }
     };
-    record_end(m, "server", end.as_ref(), broken.as_ref(), stopped_here);
+    record_end(m, "server", &end);
+    let end = end.into_bad();
     let mut core = shared.lock();
     match session {
         Some((conn, name)) => {
@@ -379,27 +409,15 @@ async fn gateway_session(
     kill: Arc<Notify>,
 ) {
     let m = &shared.metrics;
-    let mut broken: Option<Status> = None;
-    let mut stopped_here = false;
-    let end: Option<Status> = loop {
-        let msg = tokio::select! {
-            _ = kill.notified() => { stopped_here = true; break None }
-            _ = shared.shutdown.notified() => { stopped_here = true; break None }
-            msg = inbound.message() => msg,
-        };
-        let msg = match msg {
-            Ok(Some(msg)) => msg,
-            Ok(None) => break None,
-            Err(s) if is_transport_error(&s) => {
-                broken = Some(s);
-                break None;
-            }
-            Err(s) => break Some(undecodable(&s)),
+    let end = loop {
+        let msg = match next_message(inbound, &kill, &shared.shutdown).await {
+            Ok(msg) => msg,
+            Err(end) => break end,
         };
         m.count("gateway", "in", msg.encoded_len());
         let cmd = match validate::gateway_message(msg) {
             Ok(c) => c,
-            Err(e) => break Some(e.into()),
+            Err(e) => break StreamEnd::Bad(e.into()),
         };
         let mut core = shared.lock();
         match cmd {
@@ -470,8 +488,8 @@ async fn gateway_session(
             }
         }
     };
-    record_end(m, "gateway", end.as_ref(), broken.as_ref(), stopped_here);
-    shared.lock().drop_gateway(conn, end);
+    record_end(m, "gateway", &end);
+    shared.lock().drop_gateway(conn, end.into_bad());
 }
 
 #[tonic::async_trait]
