@@ -9,6 +9,7 @@
 
 pub mod crds;
 pub mod geometry;
+pub mod partition;
 pub mod server_layout;
 pub mod star_system;
 pub mod validation;
