@@ -19,11 +19,24 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "generated files are up to date"
 bash .ci/check-generated.sh
 
+step "docs: the handbook builds (mdBook, offline)"
+docs_out=$(mktemp -d /tmp/starmesh-book.XXXXXX)
+bash docs/build.sh "$docs_out"
+rm -rf "$docs_out"
+
 step "build"
 cargo build --workspace --all-targets --locked
 
 step "unit and integration tests"
 cargo test --workspace --locked --exclude starmesh-e2e
+
+step "benchmarks (short)"
+# Every bench runs, small, on the build above and prints finite numbers; no time is
+# compared with a bound (figures: BENCHMARKS.md, full suite: ./bench.sh).
+bash bench.sh --short
+
+step "fuzz: every target for a bounded time (fuzz/run.sh)"
+FUZZ_SECONDS=20 bash fuzz/run.sh
 
 step "e2e: the operator against a Kubernetes 1.20 control plane"
 cluster_dir=$(mktemp -d /tmp/starmesh-e2e.XXXXXX)

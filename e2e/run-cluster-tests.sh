@@ -16,6 +16,7 @@
 #   STARMESH_IMAGE_DIR      use the image tarballs already in this directory
 #                           (charts/build-images.sh output) instead of building them.
 #   STARMESH_KEEP_WORKDIR=1 keep the work dir (cluster logs) after a pass too.
+#   STARMESH_E2E_TESTS      which tests to run, of "helm mesh chaos autoscale docs" (default: all).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -64,14 +65,19 @@ fi
 step "build the test"
 # Run the built binary itself later: no cargo (no rebuild, no lock waits behind
 # other builds) while the cluster is up.
-built=$(cargo test --locked -p starmesh-e2e --test helm --test mesh --no-run --message-format=json)
+all_tests="helm mesh chaos autoscale docs"
+tests=" ${STARMESH_E2E_TESTS:-$all_tests} "
+test_args=()
+for t in $all_tests; do test_args+=(--test "$t"); done
+built=$(cargo test --locked -p starmesh-e2e "${test_args[@]}" --no-run --message-format=json)
 test_bin_of() {
   jq -r --arg t "$1" 'select(.reason == "compiler-artifact" and .target.name == $t and .profile.test) | .executable' <<<"$built"
 }
-test_bin=$(test_bin_of helm)
-mesh_bin=$(test_bin_of mesh)
-[ -x "$test_bin" ] || die "could not find the built helm test binary (got '$test_bin')"
-[ -x "$mesh_bin" ] || die "could not find the built mesh test binary (got '$mesh_bin')"
+declare -A test_bins
+for t in $all_tests; do
+  test_bins[$t]=$(test_bin_of "$t")
+  [ -x "${test_bins[$t]}" ] || die "could not find the built $t test binary (got '${test_bins[$t]}')"
+done
 
 step "boot a full cluster"
 # One cluster per machine: the harness's veth addresses are fixed. Another
@@ -98,10 +104,29 @@ for image in "$images"/starmesh-operator-*.tar "$images"/starmesh-node-*.tar; do
   bash e2e/cluster/load-image.sh "$cluster" "$image"
 done
 
-step "e2e: helm chart in the cluster"
-(cd e2e && "$test_bin" --nocapture --test-threads=1) 2>&1 | tee "$work/helm-test.log"
+# A second tag of the operator image: mesh.rs `helm upgrade`s the operator to it under
+# load (a changed image reference rolls the Deployment; the node image stays, so the
+# mesh must not notice).
+step "tag the operator image for the upgrade test"
+ctr_k8s() { ctr --address "$cluster/containerd/containerd.sock" -n k8s.io "$@"; }
+operator_ref=$(ctr_k8s images ls -q | grep -E '/starmesh/operator:[^:]+$' | grep -v -- '-e2e-upgrade$' | head -n1)
+[ -n "$operator_ref" ] || die "no starmesh/operator image in the cluster's containerd"
+STARMESH_E2E_UPGRADE_TAG="${operator_ref##*:}-e2e-upgrade"
+ctr_k8s images tag --force "$operator_ref" "${operator_ref%:*}:$STARMESH_E2E_UPGRADE_TAG"
+export STARMESH_E2E_UPGRADE_TAG
 
-step "e2e: the mesh runs in the cluster (Stanton Ready, bots, pod deletion, scale)"
-(cd e2e && "$mesh_bin" --nocapture --test-threads=1) 2>&1 | tee "$work/mesh-test.log"
+# Each test leaves the cluster as it found it. The handbook's pages run last: its
+# install page leaves the reader's `starmesh-system` installation behind, as a reader would.
+run_test() { # NAME TITLE
+  [[ $tests == *" $1 "* ]] || return 0
+  step "e2e: $2"
+  (cd e2e && "${test_bins[$1]}" --nocapture --test-threads=1) 2>&1 | tee "$work/$1-test.log"
+}
+for t in $all_tests; do touch "$work/$t-test.log"; done
+run_test helm "helm chart in the cluster"
+run_test mesh "the mesh runs in the cluster (Stanton + Pyro, bots through the gate, operator upgrade under load, pod deletion, scale)"
+run_test chaos "chaos under load"
+run_test autoscale "autoscaling (split, server added, merge back, drain) with Prometheus counts"
+run_test docs "every cluster snippet of the handbook"
 echo
-grep -ho 'TIMING.*' "$work/helm-test.log" "$work/mesh-test.log" || true
+grep -ho 'TIMING.*' "$work"/*-test.log || true

@@ -141,8 +141,9 @@ mkdir -p "$W/logs" "$W/pki" "$W/kube-cache"
 
 # start_component NAME CMD...: runs CMD inside the netns, detached from this
 # shell (own session, stdin closed), logging to logs/NAME.log; records
-# "NAME PID STARTTIME" in pids. The process is also put in the pids cgroup
-# $CGROUP/components so down.sh can find what it forked (containerd shims).
+# "NAME PID STARTTIME" in pids and CMD in cmdlines/NAME (for restart.sh).
+# The process is also put in the pids cgroup $CGROUP/components so down.sh
+# can find what it forked (containerd shims).
 start_component() {
   local name=$1; shift
   local procs=/sys/fs/cgroup/pids/$CGROUP/components/cgroup.procs
@@ -156,6 +157,8 @@ start_component() {
   local st
   st=$(awk '{print $22}' "/proc/$pid/stat" 2>/dev/null || echo 0)
   echo "$name $pid $st" >> "$W/pids"
+  # The command line, shell-quoted, for restart.sh (same arguments again).
+  mkdir -p "$W/cmdlines" && printf '%q ' "$@" > "$W/cmdlines/$name"
   log "started $name (pid $pid)"
 }
 

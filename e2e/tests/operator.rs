@@ -956,3 +956,155 @@ async fn standby_takes_over_when_the_leader_dies() {
     let h = lease.spec.and_then(|s| s.holder_identity).unwrap_or_default();
     assert!(h.is_empty(), "lease still held by {h:?} after a graceful stop");
 }
+
+/// Issue 8's settings on a real API server: the schema refuses what is out of range,
+/// the operator reports what only it can judge (min above max, a Prometheus URL it cannot
+/// use) with field paths, and a fixed spec is Valid again with `spec.shards` untouched
+/// (this operator runs outside the cluster: no counts, so no scaling decision).
+#[tokio::test]
+async fn autoscaling_settings_are_checked_by_schema_and_operator() {
+    let client = client().await;
+    let ns = TestNs::new(&client, "e2e-autoscale").await;
+    let op = Operator::start(&ns.name, "op-a");
+    let ops = [&op];
+    let layouts: Api<ServerLayout> = Api::namespaced(client.clone(), &ns.name);
+    apply(&ns.name, &example("pyro.yaml"));
+    apply(&ns.name, &example("pyro-layout.yaml"));
+    let valid_again = |what: &'static str| {
+        let layouts = layouts.clone();
+        async move {
+            wait_for(what, T, &ops, || async {
+                let l = layouts.get("pyro").await.map_err(|e| e.to_string())?;
+                let c = l.status.as_ref().and_then(|s| condition(&s.conditions, "Valid").cloned());
+                match c {
+                    Some(c)
+                        if c.status == "True" && c.observed_generation == l.metadata.generation =>
+                    {
+                        Ok(l)
+                    }
+                    other => Err(format!("{other:?}")),
+                }
+            })
+            .await
+        }
+    };
+    valid_again("pyro valid").await;
+
+    // Out of the schema's range: refused by the API server itself.
+    let (ok, _, err) = kubectl_raw(&[
+        "patch",
+        "serverlayout",
+        "pyro",
+        "-n",
+        &ns.name,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"shardAutoscaling":{"maxShards":100}}}"#,
+    ]);
+    assert!(!ok && err.contains("maxShards"), "schema must refuse maxShards 100: {err}");
+
+    // Within the schema, wrong together: the operator says where.
+    let patch = r#"{"spec":{"shardAutoscaling":{"minShards":3,"maxShards":2},"playerCounts":{"source":"Prometheus","prometheus":{"url":"https://prom:9090"}}}}"#;
+    kubectl(&["patch", "serverlayout", "pyro", "-n", &ns.name, "--type=merge", "-p", patch]);
+    let l = observed_layout(&layouts, "pyro", &ops).await;
+    let valid =
+        condition(&l.status.as_ref().expect("status").conditions, "Valid").cloned().expect("Valid");
+    assert_eq!((valid.status.as_str(), valid.reason.as_str()), ("False", "MinAboveMax"));
+    assert!(valid.message.contains("spec.shardAutoscaling.minShards"), "{}", valid.message);
+    assert!(valid.message.contains("spec.playerCounts.prometheus.url"), "{}", valid.message);
+
+    // Fixed: valid, and nothing scaled the shards.
+    let patch = r#"{"spec":{"shardAutoscaling":{"minShards":1,"maxShards":2,"targetPlayersPerShard":50},"playerCounts":{"source":"Prometheus","prometheus":{"url":"http://prom:9090"}}}}"#;
+    kubectl(&["patch", "serverlayout", "pyro", "-n", &ns.name, "--type=merge", "-p", patch]);
+    let l = valid_again("pyro valid with autoscaling settings").await;
+    let a = l.spec.shard_autoscaling.clone().expect("shardAutoscaling kept");
+    assert_eq!((a.min_shards, a.max_shards, a.target_players_per_shard), (1, 2, 50));
+    assert_eq!(l.spec.shards, 1);
+    assert_eq!(l.status.as_ref().and_then(|s| s.draining_shard), None);
+}
+
+/// A standard HorizontalPodAutoscaler (autoscaling/v2beta2, what Kubernetes 1.20 has)
+/// drives `spec.shards` through the layout's scale subresource: the controller-manager's
+/// HPA controller reads `/scale` (replicas and `status.selector`) and raises the layout to
+/// `minReplicas`, and the operator creates the new shard. No metrics API runs in this
+/// cluster, so the HPA reports that it cannot read its metric, and scales only by its
+/// bounds — which is exactly the part that proves the scale subresource works with it.
+#[tokio::test]
+async fn a_horizontal_pod_autoscaler_drives_shards() {
+    let client = client().await;
+    let ns = TestNs::new(&client, "e2e-hpa").await;
+    let op = Operator::start(&ns.name, "op-a");
+    let ops = [&op];
+    apply(&ns.name, &example("stanton.yaml"));
+    apply(&ns.name, &example("stanton-layout.yaml"));
+    let layouts: Api<ServerLayout> = Api::namespaced(client.clone(), &ns.name);
+    let sts: Api<StatefulSet> = Api::namespaced(client.clone(), &ns.name);
+    let first = observed_layout(&layouts, "stanton", &ops).await;
+    assert_eq!(first.spec.shards, 1);
+    let selector = first.status.as_ref().and_then(|s| s.selector.clone()).expect("status.selector");
+    assert!(selector.contains("starmesh.dev/layout=stanton"), "{selector}");
+
+    let hpa = r#"
+apiVersion: autoscaling/v2beta2
+kind: HorizontalPodAutoscaler
+metadata:
+  name: stanton-shards
+spec:
+  scaleTargetRef:
+    apiVersion: starmesh.dev/v1alpha1
+    kind: ServerLayout
+    name: stanton
+  minReplicas: 2
+  maxReplicas: 3
+  metrics:
+    - type: Pods
+      pods:
+        metric:
+          name: starmesh_players
+        target:
+          type: AverageValue
+          averageValue: "500"
+"#;
+    let hpa_file = std::env::temp_dir().join(format!("{}-hpa.yaml", ns.name));
+    std::fs::write(&hpa_file, hpa).expect("write the HPA manifest");
+    apply(&ns.name, &hpa_file.to_string_lossy());
+    let _ = std::fs::remove_file(&hpa_file);
+    let l = wait_for(
+        "the HPA raises spec.shards to minReplicas",
+        Duration::from_secs(120),
+        &ops,
+        || async {
+            let l = layouts.get("stanton").await.map_err(|e| e.to_string())?;
+            let observed = l.status.as_ref().map_or(0, |s| s.shards);
+            if l.spec.shards == 2 && observed == 2 {
+                Ok(l)
+            } else {
+                Err(format!("spec {} status {observed}", l.spec.shards))
+            }
+        },
+    )
+    .await;
+    assert_eq!(l.spec.shards, 2);
+    sts.get("stanton-shard-1-replicant").await.expect("shard 1 replicant, created for the HPA");
+    let able = kubectl(&[
+        "get",
+        "horizontalpodautoscalers.v2beta2.autoscaling",
+        "stanton-shards",
+        "-n",
+        &ns.name,
+        "-o",
+        "jsonpath={.status.conditions[?(@.type==\"AbleToScale\")].status}",
+    ]);
+    assert_eq!(able.trim(), "True", "the HPA must be able to read and write /scale");
+    let desired = kubectl(&[
+        "get",
+        "horizontalpodautoscalers.v2beta2.autoscaling",
+        "stanton-shards",
+        "-n",
+        &ns.name,
+        "-o",
+        "jsonpath={.status.desiredReplicas}",
+    ]);
+    assert_eq!(desired.trim(), "2");
+    kubectl(&["delete", "hpa", "stanton-shards", "-n", &ns.name]);
+}

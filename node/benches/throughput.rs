@@ -4,6 +4,7 @@
 //! here, by the same harness the tests use), and replicant restart time
 //! (`kill -9` -> ready with every entity loaded) by store and entity count,
 //! beside same-run baselines (raw loopback TCP; fsync'd appends of the same bytes).
+//! `-- --short`: the same measurements, smaller and shorter (CI keeps them working).
 
 // The test harnesses, shared rather than copied: a real PostgreSQL, and the
 // replicant binary as a child process.
@@ -13,6 +14,8 @@ mod pg;
 #[allow(dead_code)]
 #[path = "../tests/common/process.rs"]
 mod process;
+#[path = "support/report.rs"]
+mod report;
 
 use std::io::Write;
 use std::sync::Arc;
@@ -28,8 +31,13 @@ use starmesh_node::wire::pb::{self, replicant_message::Msg, server_message};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const ENTITIES: u64 = 1000;
-const SUBSCRIBERS: u64 = 8;
 const BATCH: usize = 500;
+const TICK_HZ: u32 = 30;
+
+/// Rounds of store commits / fsync'd appends.
+fn rounds() -> u64 {
+    if report::short() { 20 } else { 200 }
+}
 
 fn entity(id: u64, version: u64) -> Entity {
     Entity {
@@ -48,7 +56,7 @@ fn entity(id: u64, version: u64) -> Entity {
 async fn tcp_baseline() -> f64 {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
-    let total: usize = 512 << 20;
+    let total: usize = if report::short() { 64 << 20 } else { 512 << 20 };
     let reader = tokio::spawn(async move {
         let (mut s, _) = l.accept().await.unwrap();
         let mut buf = vec![0u8; 64 << 10];
@@ -74,7 +82,7 @@ fn fsync_baseline(dir: &std::path::Path) -> f64 {
     let mut f =
         std::fs::OpenOptions::new().create(true).append(true).open(dir.join("append.log")).unwrap();
     let t = Instant::now();
-    let rounds = 200;
+    let rounds = rounds() as usize;
     for _ in 0..rounds {
         f.write_all(&bytes).unwrap();
         f.sync_data().unwrap();
@@ -84,7 +92,7 @@ fn fsync_baseline(dir: &std::path::Path) -> f64 {
 
 async fn store_commits(store: &dyn Store) -> f64 {
     let t = Instant::now();
-    let rounds = 200u64;
+    let rounds = rounds();
     for r in 0..rounds {
         let entities = (0..BATCH as u64).map(|i| entity(i + 1, r + 1)).collect();
         store.commit(&CommitBatch { tick: r, entities }).await.unwrap();
@@ -92,11 +100,162 @@ async fn store_commits(store: &dyn Store) -> f64 {
     (rounds as usize * BATCH) as f64 / t.elapsed().as_secs_f64()
 }
 
-async fn replicant_bench(dir: &std::path::Path) {
+/// A bench server: `Hello`, the grant for `earth`, and a task recording the
+/// highest committed seq.
+struct BenchServer {
+    tx: tokio::sync::mpsc::Sender<pb::ServerMessage>,
+    epoch: u64,
+    committed: Arc<AtomicU64>,
+    seq: u64,
+}
+
+impl BenchServer {
+    async fn connect(url: &str) -> BenchServer {
+        let mut client =
+            pb::server_link_client::ServerLinkClient::connect(url.to_string()).await.unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel(4096);
+        tx.send(pb::ServerMessage {
+            msg: Some(server_message::Msg::Hello(pb::Hello {
+                server_name: "bench".into(),
+                ..Default::default()
+            })),
+        })
+        .await
+        .unwrap();
+        let mut inb = client
+            .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let epoch = loop {
+            if let Ok(Some(pb::ReplicantMessage { msg: Some(Msg::Grant(g)) })) = inb.message().await
+                && g.territory == "earth"
+            {
+                break g.epoch;
+            }
+        };
+        let committed = Arc::new(AtomicU64::new(0));
+        let c2 = committed.clone();
+        tokio::spawn(async move {
+            loop {
+                match inb.message().await {
+                    Ok(Some(m)) => {
+                        if let Some(Msg::Committed(c)) = m.msg {
+                            c2.store(c.seq, Ordering::Relaxed);
+                        }
+                    }
+                    other => {
+                        eprintln!("server stream ended: {other:?}");
+                        return;
+                    }
+                }
+            }
+        });
+        BenchServer { tx, epoch, committed, seq: 0 }
+    }
+
+    /// Writes entity `id` (every write moves it, so every write is a change).
+    async fn write(&mut self, id: u64) {
+        self.seq += 1;
+        let seq = self.seq;
+        let w = pb::EntityWrite {
+            seq,
+            epoch: self.epoch,
+            id,
+            kind: 1,
+            position: Some(pb::Vec3 {
+                x: 1000.0 + (seq % 997) as f64 * 0.1,
+                y: id as f64 * 0.1,
+                z: 0.0,
+            }),
+            velocity: Some(pb::Vec3 { x: 1.0, y: 0.0, z: 0.0 }),
+            location: "earth".into(),
+            components: bytes::Bytes::from(vec![7u8; 64]),
+            custom: vec![],
+        };
+        self.tx.send(pb::ServerMessage { msg: Some(server_message::Msg::Write(w)) }).await.unwrap();
+    }
+
+    async fn wait_committed(&self) {
+        while self.committed.load(Ordering::Relaxed) < self.seq {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// `GatewayUpdate` as the bench reads it: the batch's updates left as bytes,
+/// so counting what arrives costs the bench almost nothing (a full decode of
+/// every update would put the subscribers' CPU into the replicant's figure:
+/// they share this process).
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawGatewayUpdate {
+    #[prost(uint64, tag = "1")]
+    player_id: u64,
+    #[prost(message, optional, tag = "2")]
+    batch: Option<RawBatch>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawBatch {
+    #[prost(uint64, tag = "1")]
+    tick: u64,
+    #[prost(bytes = "bytes", repeated, tag = "2")]
+    updates: Vec<bytes::Bytes>,
+}
+
+/// Attaches `n` players with bubbles around the written entities on one
+/// gateway link; returns (updates, bytes) counters of what arrives.
+async fn subscribe(
+    url: &str,
+    n: u64,
+) -> (Arc<AtomicU64>, Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
+    let updates = Arc::new(AtomicU64::new(0));
+    let bytes = Arc::new(AtomicU64::new(0));
+    let channel =
+        tonic::transport::Channel::from_shared(url.to_string()).unwrap().connect().await.unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let (gtx, grx) = tokio::sync::mpsc::channel(1024);
+    for p in 1..=n {
+        let a = pb::PlayerAttach {
+            player_id: p,
+            entity_id: 0,
+            radius: 400.0,
+            position: Some(pb::Vec3 { x: 1000.0, y: 0.0, z: 0.0 }),
+        };
+        gtx.send(pb::GatewayMessage { msg: Some(pb::gateway_message::Msg::Attach(a)) })
+            .await
+            .unwrap();
+    }
+    let codec = tonic_prost::ProstCodec::<pb::GatewayMessage, RawGatewayUpdate>::default();
+    let path =
+        tonic::codegen::http::uri::PathAndQuery::from_static("/starmesh.v1.GatewayLink/Session");
+    let mut gin = grpc
+        .streaming(
+            tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(grx)),
+            path,
+            codec,
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    let (u2, b2) = (updates.clone(), bytes.clone());
+    let task = tokio::spawn(async move {
+        // Holds the sender: the link lives until this task is aborted.
+        let _keep = gtx;
+        while let Ok(Some(m)) = gin.message().await {
+            b2.fetch_add(m.encoded_len() as u64, Ordering::Relaxed);
+            u2.fetch_add(m.batch.map_or(0, |b| b.updates.len() as u64), Ordering::Relaxed);
+        }
+    });
+    (updates, bytes, task)
+}
+
+async fn replicant_bench(dir: &std::path::Path, tcp: f64) {
     let store = Arc::new(EmbeddedStore::open(&dir.join("replicant")).unwrap());
     // A long lease: the bench writer sends no heartbeats.
     let cfg = Config {
-        tick_hz: 30,
+        tick_hz: TICK_HZ,
         budget_bytes: 1 << 20,
         queue_capacity: 1024,
         lease: Duration::from_secs(600),
@@ -114,104 +273,73 @@ async fn replicant_bench(dir: &std::path::Path) {
     .unwrap();
     r.loaded().await;
     let url = format!("http://{}", r.grpc_addr);
+    let mut server = BenchServer::connect(&url).await;
+    let short = report::short();
 
-    let updates = Arc::new(AtomicU64::new(0));
-    let bytes = Arc::new(AtomicU64::new(0));
-    let mut gw = pb::gateway_link_client::GatewayLinkClient::connect(url.clone()).await.unwrap();
-    let (gtx, grx) = tokio::sync::mpsc::channel(64);
-    for p in 1..=SUBSCRIBERS {
-        let a = pb::PlayerAttach {
-            player_id: p,
-            entity_id: 0,
-            radius: 400.0,
-            position: Some(pb::Vec3 { x: 1000.0, y: 0.0, z: 0.0 }),
-        };
-        gtx.send(pb::GatewayMessage { msg: Some(pb::gateway_message::Msg::Attach(a)) })
-            .await
-            .unwrap();
-    }
-    let mut gin =
-        gw.session(tokio_stream::wrappers::ReceiverStream::new(grx)).await.unwrap().into_inner();
-    let (u2, b2) = (updates.clone(), bytes.clone());
-    tokio::spawn(async move {
-        while let Ok(Some(m)) = gin.message().await {
-            b2.fetch_add(m.encoded_len() as u64, Ordering::Relaxed);
-            u2.fetch_add(m.batch.map_or(0, |b| b.updates.len() as u64), Ordering::Relaxed);
-        }
-    });
-
-    let mut client = pb::server_link_client::ServerLinkClient::connect(url).await.unwrap();
-    let (tx, rx) = tokio::sync::mpsc::channel(4096);
-    tx.send(pb::ServerMessage {
-        msg: Some(server_message::Msg::Hello(pb::Hello { server_name: "bench".into() })),
-    })
-    .await
-    .unwrap();
-    let mut inb =
-        client.session(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
-    let epoch = loop {
-        if let Ok(Some(pb::ReplicantMessage { msg: Some(Msg::Grant(g)) })) = inb.message().await
-            && g.territory == "earth"
-        {
-            break g.epoch;
-        }
-    };
-    let committed = Arc::new(AtomicU64::new(0));
-    let c2 = committed.clone();
-    tokio::spawn(async move {
-        loop {
-            match inb.message().await {
-                Ok(Some(m)) => {
-                    if let Some(Msg::Committed(c)) = m.msg {
-                        c2.store(c.seq, Ordering::Relaxed);
-                    }
-                }
-                other => {
-                    eprintln!("server stream ended: {other:?}");
-                    return;
-                }
-            }
-        }
-    });
-    let secs = 5.0;
+    // Ingest: one server stream writing as fast as it can, no subscribers.
+    let secs = if short { 1.0 } else { 5.0 };
     let t = Instant::now();
-    let mut seq = 0u64;
-    let (u0, b0) = (updates.load(Ordering::Relaxed), bytes.load(Ordering::Relaxed));
+    let seq0 = server.seq;
     while t.elapsed().as_secs_f64() < secs {
-        seq += 1;
-        let id = seq % ENTITIES + 1;
-        let w = pb::EntityWrite {
-            seq,
-            epoch,
-            id,
-            kind: 1,
-            position: Some(pb::Vec3 {
-                x: 1000.0 + (seq % 997) as f64 * 0.1,
-                y: id as f64 * 0.1,
-                z: 0.0,
-            }),
-            velocity: Some(pb::Vec3 { x: 1.0, y: 0.0, z: 0.0 }),
-            location: "earth".into(),
-            components: bytes::Bytes::from(vec![7u8; 64]),
-        };
-        tx.send(pb::ServerMessage { msg: Some(server_message::Msg::Write(w)) }).await.unwrap();
+        let id = server.seq % ENTITIES + 1;
+        server.write(id).await;
     }
     let sent_elapsed = t.elapsed().as_secs_f64();
-    while committed.load(Ordering::Relaxed) < seq {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    server.wait_committed().await;
     let elapsed = t.elapsed().as_secs_f64();
-    let (u1, b1) = (updates.load(Ordering::Relaxed), bytes.load(Ordering::Relaxed));
-    println!(
-        "replicant ingest: {:.0} entity writes/s sent, {:.0} writes/s acknowledged-as-committed ({seq} writes, {ENTITIES} entities)",
-        seq as f64 / sent_elapsed,
-        seq as f64 / elapsed
+    let n = (server.seq - seq0) as f64;
+    report::figure(
+        "replicant ingest: writes/s sent (1 stream, 1000 entities)",
+        n / sent_elapsed,
+        "writes/s",
     );
-    println!(
-        "fan-out to {SUBSCRIBERS} subscribers: {:.0} updates/s, {:.1} MB/s",
-        (u1 - u0) as f64 / elapsed,
-        (b1 - b0) as f64 / elapsed / 1e6
-    );
+    report::figure("replicant ingest: writes/s acknowledged as committed", n / elapsed, "writes/s");
+
+    // Fan-out: every entity written once a tick (paced), so each subscriber's
+    // bubble has all ENTITIES changed every tick; what arrives is measured
+    // against what the tick rate asks for and against the wire.
+    let counts: &[u64] = if short { &[1, 8] } else { &[1, 8, 64, 256] };
+    for &subs in counts {
+        let (updates, bytes, task) = subscribe(&url, subs).await;
+        // Let the bubbles fill (enters) before measuring deltas.
+        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(TICK_HZ)));
+        for _ in 0..TICK_HZ / 2 {
+            tick.tick().await;
+            for id in 1..=ENTITIES {
+                server.write(id).await;
+            }
+        }
+        let secs = if short { 1.0 } else { 4.0 };
+        let (u0, b0) = (updates.load(Ordering::Relaxed), bytes.load(Ordering::Relaxed));
+        let t = Instant::now();
+        while t.elapsed().as_secs_f64() < secs {
+            tick.tick().await;
+            for id in 1..=ENTITIES {
+                server.write(id).await;
+            }
+        }
+        let elapsed = t.elapsed().as_secs_f64();
+        let (u1, b1) = (updates.load(Ordering::Relaxed), bytes.load(Ordering::Relaxed));
+        task.abort();
+        let ups = (u1 - u0) as f64 / elapsed;
+        let bps = (b1 - b0) as f64 / elapsed;
+        let asked = (subs * ENTITIES) as f64 * f64::from(TICK_HZ);
+        report::against(
+            &format!("fan-out to {subs} subscribers: bytes/s vs loopback TCP"),
+            bps / 1e6,
+            "MB/s",
+            tcp / 1e6,
+            "MB/s raw loopback TCP",
+        );
+        report::against(
+            &format!("fan-out to {subs} subscribers: entity updates/s vs asked"),
+            ups,
+            "updates/s",
+            asked,
+            "subscribers x 1000 changed x 30 Hz",
+        );
+    }
+    server.wait_committed().await;
     r.shutdown().await;
 }
 
@@ -254,17 +382,22 @@ async fn restart_time(store_args: &[&std::ffi::OsStr], n: u64) -> Duration {
     took
 }
 
+fn restart_sizes() -> &'static [u64] {
+    if report::short() { &[10_000] } else { &[10_000, 100_000, 1_000_000] }
+}
+
 async fn restart_bench(dir: &std::path::Path, pg: &pg::Pg) {
-    for n in [10_000u64, 100_000, 1_000_000] {
+    for &n in restart_sizes() {
         let data = dir.join(format!("restart-{n}"));
         fill(&EmbeddedStore::open(&data).unwrap(), n).await;
         let took = restart_time(&["--data-dir".as_ref(), data.as_os_str()], n).await;
-        println!(
-            "restart (embedded, kill -9 -> ready, all loaded): {n} entities in {:.2} s",
-            took.as_secs_f64()
+        report::figure(
+            &format!("restart, embedded: kill -9 -> ready, {n} entities loaded"),
+            took.as_secs_f64(),
+            "s",
         );
     }
-    for n in [10_000u64, 100_000, 1_000_000] {
+    for &n in restart_sizes() {
         let store = PostgresStore::new(&pg.url());
         // One table per database: start from an empty one for each size.
         let url = pg.url();
@@ -277,9 +410,10 @@ async fn restart_bench(dir: &std::path::Path, pg: &pg::Pg) {
             n,
         )
         .await;
-        println!(
-            "restart (postgres, kill -9 -> ready, all loaded): {n} entities in {:.2} s",
-            took.as_secs_f64()
+        report::figure(
+            &format!("restart, PostgreSQL: kill -9 -> ready, {n} entities loaded"),
+            took.as_secs_f64(),
+            "s",
         );
     }
 }
@@ -288,24 +422,29 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
     rt.block_on(async {
-        println!("baseline loopback TCP: {:.1} MB/s", tcp_baseline().await / 1e6);
-        println!(
-            "baseline fsync'd appends ({BATCH} encoded entities per fsync): {:.0} entities/s",
-            fsync_baseline(dir.path())
-        );
+        let tcp = tcp_baseline().await;
+        report::figure("baseline: raw loopback TCP", tcp / 1e6, "MB/s");
+        let fsync = fsync_baseline(dir.path());
+        let fsync_what = "entities/s fsync'd appends, same bytes";
         let emb = EmbeddedStore::open(&dir.path().join("emb")).unwrap();
-        println!(
-            "embedded (redb) commits ({BATCH} entities per commit): {:.0} entities/s",
-            store_commits(&emb).await
+        report::against(
+            &format!("persistence: embedded (redb) commits, {BATCH} entities each"),
+            store_commits(&emb).await,
+            "entities/s",
+            fsync,
+            fsync_what,
         );
         let mut pg = pg::Pg::init();
         pg.start().await;
         let store = PostgresStore::new(&pg.url());
-        println!(
-            "postgres 15 commits ({BATCH} entities per commit, loopback, default fsync on): {:.0} entities/s",
-            store_commits(&store).await
+        report::against(
+            &format!("persistence: PostgreSQL 15 commits, {BATCH} entities each (fsync on)"),
+            store_commits(&store).await,
+            "entities/s",
+            fsync,
+            fsync_what,
         );
-        replicant_bench(dir.path()).await;
+        replicant_bench(dir.path(), tcp).await;
         restart_bench(dir.path(), &pg).await;
         pg.stop();
     });

@@ -5,6 +5,7 @@ pub mod gateway;
 pub mod local;
 pub mod mesh_map;
 pub mod model;
+pub mod reference;
 pub mod replicant;
 pub mod resources;
 pub mod server;

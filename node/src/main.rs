@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use starmesh_node::mesh_map::{self, MeshMap};
 use starmesh_node::replicant::{self, Config};
 use starmesh_node::resources;
 use starmesh_node::store::{Store, embedded::EmbeddedStore, postgres::PostgresStore};
@@ -17,7 +18,8 @@ use starmesh_node::store::{Store, embedded::EmbeddedStore, postgres::PostgresSto
     version,
     about = "Open-source server meshing for massive multiplayer worlds"
 )]
-struct Cli {
+// pub(crate): node/src/bin/node-reference.rs includes this file to render the CLI reference.
+pub(crate) struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -35,6 +37,8 @@ enum Cmd {
     /// The whole mesh on one machine: replicant, game servers, gateway, bots,
     /// a live web map and `/metrics`, on the embedded store.
     Local(Box<starmesh_node::local::LocalArgs>),
+    /// Mints a signed player token for a name (SREs, tests, a login service's model).
+    Token(Box<starmesh_node::gateway::auth::TokenArgs>),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -83,6 +87,10 @@ struct ReplicantArgs {
     /// (repeatable; in the environment, comma-separated).
     #[arg(long = "gate-peer", env = "STARMESH_GATE_PEERS", value_delimiter = ',', value_parser = parse_gate_peer)]
     gate_peers: Vec<(String, String)>,
+    /// The operator's mesh map (mesh-map.json), in a cluster: its gate peers for this
+    /// shard are added to --gate-peer (which wins) and followed while running.
+    #[arg(long, env = "STARMESH_MESH_MAP")]
+    mesh_map: Option<PathBuf>,
 }
 
 /// The log level when `RUST_LOG` is not set. `local` is a terminal tool for a
@@ -116,6 +124,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Server(a) => starmesh_node::server::main(*a),
         Cmd::Gateway(a) => starmesh_node::gateway::main(*a),
         Cmd::Bots(a) => starmesh_node::bots::main(*a),
+        Cmd::Token(a) => starmesh_node::gateway::auth::main(*a),
     }
 }
 
@@ -156,6 +165,21 @@ async fn run_replicant(a: ReplicantArgs) -> anyhow::Result<()> {
             Arc::new(PostgresStore::new(url))
         }
     };
+    // The mesh map's gate peers: read now, then followed (the target layout may come later).
+    let from_map = match &a.mesh_map {
+        Some(path) => {
+            let shard: i32 = a.shard.parse().context("--shard must be a number with --mesh-map")?;
+            let peers = match MeshMap::load(path).and_then(|m| m.gate_peers(shard)) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(error = %e, "no gate peers from the mesh map yet");
+                    Vec::new()
+                }
+            };
+            Some((path.clone(), shard, peers))
+        }
+        None => None,
+    };
     let cfg = Config {
         tick_hz: a.tick_hz,
         lease: Duration::from_millis(a.lease_ms),
@@ -163,10 +187,27 @@ async fn run_replicant(a: ReplicantArgs) -> anyhow::Result<()> {
         backlog_bound: a.backlog_bound,
         evict_after: Duration::from_secs_f64(a.evict_after),
         cell_size_km: a.cell_size_km,
-        gate_peers: a.gate_peers,
+        gate_peers: mesh_map::merge_peers(
+            &a.gate_peers,
+            from_map.as_ref().map_or(&[], |f| f.2.as_slice()),
+        ),
         ..Config::default()
     };
     let running = replicant::start(&mesh, cfg, store, a.listen, a.metrics_listen).await?;
+    if let Some((path, shard, initial)) = from_map {
+        let (shared, explicit) = (running.shared.clone(), a.gate_peers.clone());
+        mesh_map::follow(
+            path,
+            mesh_map::FOLLOW_INTERVAL,
+            initial,
+            move |m| m.gate_peers(shard),
+            move |peers| {
+                if let Err(e) = shared.gates.set_peers(&mesh_map::merge_peers(&explicit, peers)) {
+                    tracing::warn!(error = %e, "mesh map: gate peers not usable; keeping the old ones");
+                }
+            },
+        );
+    }
     // Tests and tools parse this line to learn the bound addresses; readiness
     // (the world loaded from the store) is `/readyz` on the metrics address.
     println!(

@@ -1,6 +1,11 @@
 //! The operator's mesh map (`mesh-map.json` of the `<layout>-mesh-map` ConfigMap, mounted
-//! at `/etc/starmesh`): how a pod in the cluster finds its shard's replicant and, for a
-//! game server of a static layout, which server of the layout it is.
+//! at `/etc/starmesh`): how a pod in the cluster finds its shard's replicant, for a
+//! game server of a static layout which server of the layout it is, and where the shard's
+//! jump gates lead (`gatePeers`: the target system's replicant and gateway).
+//!
+//! The gate peers change while pods run (the target layout may be applied later, and the
+//! kubelet refreshes a mounted ConfigMap only on its sync, up to about a minute later), so
+//! [`follow`] re-reads the file and hands changed peers to the running role.
 //!
 //! Only the fields the node needs are read; unknown fields are ignored so the operator can
 //! add to the map. Everything read is validated: an address the node would dial is a
@@ -8,7 +13,8 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -35,6 +41,21 @@ pub struct MeshMap {
 #[serde(rename_all = "camelCase")]
 pub struct ShardEntry {
     pub index: i32,
+    pub replicant: Endpoint,
+    pub gateway: Endpoint,
+    /// Where this shard's jump gates lead, one entry per target StarSystem.
+    #[serde(default)]
+    pub gate_peers: Vec<GatePeerEntry>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatePeerEntry {
+    pub system: String,
+    #[serde(default)]
+    pub layout: String,
+    #[serde(default)]
+    pub shard: i32,
     pub replicant: Endpoint,
     pub gateway: Endpoint,
 }
@@ -110,10 +131,51 @@ impl MeshMap {
         endpoint_addr(shard, "gateway", &self.shard(shard)?.gateway, "game")
     }
 
-    /// The static server a pod runs: `servers[k]`, `k` the ordinal after the last `-` of
-    /// the StatefulSet pod's name.
+    /// Shard `shard`'s jump-gate peers as `(system, replicant gRPC address)`, sorted by
+    /// system: the replicant's `--gate-peer`s.
+    pub fn gate_peers(&self, shard: i32) -> Result<Vec<(String, SocketAddr)>, Error> {
+        self.peers(shard, |p| ("replicant", &p.replicant, "grpc"))
+    }
+
+    /// Shard `shard`'s jump-gate peers as `(system, gateway game address)`, sorted by
+    /// system: the gateway's `--gateway-peer`s.
+    pub fn gateway_peers(&self, shard: i32) -> Result<Vec<(String, SocketAddr)>, Error> {
+        self.peers(shard, |p| ("gateway", &p.gateway, "game"))
+    }
+
+    fn peers(
+        &self,
+        shard: i32,
+        pick: impl Fn(&GatePeerEntry) -> (&'static str, &Endpoint, &'static str),
+    ) -> Result<Vec<(String, SocketAddr)>, Error> {
+        let mut out = Vec::new();
+        for (k, p) in self.shard(shard)?.gate_peers.iter().enumerate() {
+            if p.system.is_empty() || p.system.len() > 63 {
+                return Err(Error::Field {
+                    shard,
+                    field: format!("gatePeers[{k}].system"),
+                    problem: format!("{:?} is not a StarSystem name", p.system),
+                });
+            }
+            let (role, e, port) = pick(p);
+            let role = format!("gatePeers[{k}].{role}");
+            out.push((p.system.clone(), endpoint_addr(shard, &role, e, port)?));
+        }
+        out.sort();
+        out.dedup_by(|a, b| a.0 == b.0);
+        Ok(out)
+    }
+
+    /// The server a pod runs. Static layout: `servers[k]`, `k` the ordinal after the last
+    /// `-` of the StatefulSet pod's name. Dynamic layout: servers are interchangeable (the
+    /// replicant deals territories to whoever is live), so the pod's own name, stable
+    /// across restarts of that StatefulSet pod.
     pub fn server_name_for_pod(&self, pod_name: &str) -> Result<String, Error> {
         let no_server = || Error::NoServer { pod: pod_name.to_string(), len: self.servers.len() };
+        if self.mode == "Dynamic" {
+            let ok = pod_ordinal(pod_name).is_some() && pod_name.len() <= 63;
+            return if ok { Ok(pod_name.to_string()) } else { Err(no_server()) };
+        }
         let k: usize = pod_ordinal(pod_name).ok_or_else(no_server)?;
         self.servers.get(k).cloned().ok_or_else(no_server)
     }
@@ -184,6 +246,71 @@ pub fn resolve_server_name(
     }
 }
 
+/// How often a running pod re-reads the mesh map for changed gate peers: well inside the
+/// kubelet's own ConfigMap refresh (about a minute), and one small file read.
+pub const FOLLOW_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The peers a role uses: the explicit flags (`--gate-peer`, `--gateway-peer`) win for
+/// their system; the mesh map's fill in the rest. Sorted by system.
+pub fn merge_peers(
+    explicit: &[(String, String)],
+    from_map: &[(String, SocketAddr)],
+) -> Vec<(String, String)> {
+    let mut m: BTreeMap<String, String> =
+        from_map.iter().map(|(s, a)| (s.clone(), a.to_string())).collect();
+    m.extend(explicit.iter().cloned());
+    m.into_iter().collect()
+}
+
+/// Re-reads the mesh map at `path` every `every` and calls `apply` with what `pick` takes
+/// from it each time that differs from the last value applied (`initial` is the value the
+/// role started with). A map that cannot be read or used is logged (once per distinct
+/// error) and the last good value is kept: a half-written or broken file never takes
+/// peers away. Must run inside a tokio runtime; stops when the runtime does.
+pub fn follow<T, P, A>(
+    path: PathBuf,
+    every: Duration,
+    initial: T,
+    pick: P,
+    apply: A,
+) -> tokio::task::JoinHandle<()>
+where
+    T: PartialEq + Send + 'static,
+    P: Fn(&MeshMap) -> Result<T, Error> + Send + 'static,
+    A: Fn(&T) + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut last = initial;
+        let mut last_error = String::new();
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await; // the first tick is immediate; the caller has just read it
+        loop {
+            tick.tick().await;
+            let p = path.clone();
+            // A blocking read off the runtime's workers (a slow volume must not stall them).
+            let read = tokio::task::spawn_blocking(move || MeshMap::load(&p)).await;
+            match read
+                .map_err(|e| e.to_string())
+                .and_then(|m| m.and_then(|m| pick(&m)).map_err(|e| e.to_string()))
+            {
+                Ok(v) => {
+                    last_error.clear();
+                    if v != last {
+                        apply(&v);
+                        last = v;
+                    }
+                }
+                Err(e) if e != last_error => {
+                    tracing::warn!(path = %path.display(), error = %e, "mesh map: keeping the last good peers");
+                    last_error = e;
+                }
+                Err(_) => {}
+            }
+        }
+    })
+}
+
 fn hostname() -> Option<String> {
     let h = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
     let h = h.trim();
@@ -201,7 +328,18 @@ mod tests {
                      "ports":{"grpc":7100,"metrics":9100}},
         "gateway":{"service":"stanton-shard-0-gateway","clusterIP":"198.18.130.8",
                    "ports":{"game":7777,"metrics":9100}},
-        "serversStatefulSet":"stanton-shard-0-servers","servers":3},
+        "serversStatefulSet":"stanton-shard-0-servers","servers":3,
+        "gatePeers":[
+          {"system":"pyro","layout":"pyro","shard":0,
+           "replicant":{"service":"pyro-shard-0-replicant","clusterIP":"198.18.131.1",
+                        "ports":{"grpc":7100,"metrics":9100}},
+           "gateway":{"service":"pyro-shard-0-gateway","clusterIP":"198.18.131.2",
+                      "ports":{"game":7780,"metrics":9100}}},
+          {"system":"nyx","layout":"nyx","shard":0,
+           "replicant":{"service":"nyx-shard-0-replicant","clusterIP":"198.18.132.1",
+                        "ports":{"grpc":7100}},
+           "gateway":{"service":"nyx-shard-0-gateway","clusterIP":"198.18.132.2",
+                      "ports":{"game":7777}}}]},
         {"index":1,
         "replicant":{"service":"r1","clusterIP":"None","ports":{"grpc":7100}},
         "gateway":{"service":"g1","clusterIP":"","ports":{"game":70000}},
@@ -233,6 +371,117 @@ mod tests {
         let bad_port = MAP.replace("\"grpc\":7100,\"metrics\"", "\"grpc\":0,\"metrics\"");
         let e = MeshMap::parse(&bad_port).expect("parses").replicant_addr(0).expect_err("0");
         assert!(e.to_string().contains("ports.grpc"), "{e}");
+    }
+
+    #[test]
+    fn a_dynamic_layouts_server_is_its_pod() {
+        let m = MeshMap::parse(
+            &MAP.replace("\"Static\"", "\"Dynamic\"")
+                .replace("\"servers\":[\"a\",\"b\",\"c\"]", "\"servers\":[]"),
+        )
+        .expect("parses");
+        assert_eq!(
+            m.server_name_for_pod("pyro-shard-0-servers-7").expect("name"),
+            "pyro-shard-0-servers-7"
+        );
+        assert!(m.server_name_for_pod("no-ordinal").is_err());
+        assert!(m.server_name_for_pod(&format!("{}-1", "x".repeat(70))).is_err(), "too long");
+    }
+
+    #[test]
+    fn reads_gate_peers_of_the_shard() {
+        let m = MeshMap::parse(MAP).expect("parses");
+        let s = |v: &[(String, SocketAddr)]| {
+            v.iter().map(|(s, a)| format!("{s}={a}")).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            s(&m.gate_peers(0).expect("peers")),
+            ["nyx=198.18.132.1:7100", "pyro=198.18.131.1:7100"]
+        );
+        assert_eq!(
+            s(&m.gateway_peers(0).expect("peers")),
+            ["nyx=198.18.132.2:7777", "pyro=198.18.131.2:7780"]
+        );
+        // A map from before gate peers (no field) has none.
+        assert!(m.gate_peers(1).expect("no peers").is_empty());
+        assert!(m.gate_peers(7).is_err(), "no shard 7");
+    }
+
+    #[test]
+    fn a_bad_gate_peer_is_an_error_naming_it() {
+        let bad_ip = MAP.replace("198.18.131.1", "pyro.example");
+        let e = MeshMap::parse(&bad_ip).expect("parses").gate_peers(0).expect_err("not an IP");
+        assert!(e.to_string().contains("gatePeers[0].replicant.clusterIP"), "{e}");
+        // The gateway side does not read the replicant's address.
+        assert!(MeshMap::parse(&bad_ip).expect("parses").gateway_peers(0).is_ok());
+        let bad_port = MAP.replace("\"game\":7780", "\"game\":-1");
+        let e = MeshMap::parse(&bad_port).expect("parses").gateway_peers(0).expect_err("port");
+        assert!(e.to_string().contains("gatePeers[0].gateway.ports.game"), "{e}");
+        let no_system = MAP.replace("\"system\":\"nyx\"", "\"system\":\"\"");
+        let e = MeshMap::parse(&no_system).expect("parses").gate_peers(0).expect_err("system");
+        assert!(e.to_string().contains("gatePeers[1].system"), "{e}");
+    }
+
+    #[test]
+    fn explicit_peers_win_over_the_map() {
+        let map: Vec<(String, SocketAddr)> = vec![
+            ("nyx".into(), "10.0.0.1:7100".parse().expect("addr")),
+            ("pyro".into(), "10.0.0.2:7100".parse().expect("addr")),
+        ];
+        let explicit = [("pyro".to_string(), "127.0.0.1:9".to_string())];
+        assert_eq!(
+            merge_peers(&explicit, &map),
+            [
+                ("nyx".to_string(), "10.0.0.1:7100".to_string()),
+                ("pyro".to_string(), "127.0.0.1:9".to_string())
+            ]
+        );
+        assert!(merge_peers(&[], &[]).is_empty());
+    }
+
+    /// A real file rewritten under a running follower, as the kubelet does (a new file
+    /// swapped in by rename): the new peers arrive, a broken map keeps them.
+    #[tokio::test]
+    async fn follow_picks_up_changed_peers_and_keeps_them_through_a_bad_map() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("mesh-map.json");
+        let write = |text: &str| {
+            let tmp = dir.path().join("next.json");
+            std::fs::write(&tmp, text).expect("write");
+            std::fs::rename(&tmp, &path).expect("swap");
+        };
+        let without = MAP.replace("\"gatePeers\"", "\"notPeers\"");
+        write(&without);
+        let initial = MeshMap::load(&path).expect("load").gate_peers(0).expect("peers");
+        assert!(initial.is_empty());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let task = follow(
+            path.clone(),
+            Duration::from_millis(20),
+            initial,
+            |m| m.gate_peers(0),
+            move |v: &Vec<(String, SocketAddr)>| {
+                let _ = tx.send(v.clone());
+            },
+        );
+        write(MAP);
+        let got = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("the change is seen")
+            .expect("a value");
+        assert_eq!(got.len(), 2, "{got:?}");
+        write("{ not json");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        write(MAP);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(rx.try_recv().is_err(), "a broken map and the same peers again apply nothing");
+        write(&without);
+        let got = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("the removal is seen")
+            .expect("a value");
+        assert!(got.is_empty(), "{got:?}");
+        task.abort();
     }
 
     #[test]

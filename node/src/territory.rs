@@ -6,11 +6,17 @@
 //! location belongs to its own territory if a server names it, else to its
 //! nearest named ancestor's (`geometry::territory_of_locations`); a position
 //! in no sphere is in `deep-space`.
+//!
+//! A dynamic layout's territories are cells: the sphere lookup finds the base
+//! territory, then `Partition::cell_of` the leaf cell inside it
+//! (`starmesh_api::partition`). The replicant changes the partition at a tick
+//! boundary (`replicant::partition`); a static layout never has one.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use starmesh_api::geometry;
+use starmesh_api::partition::{Partition, PartitionError};
 use starmesh_api::{LayoutMode, ServerLayoutSpec, StarSystemSpec};
 
 use crate::model::{TerritoryName, Vec3};
@@ -25,6 +31,10 @@ pub enum TerritoryError {
     Unplaced(String),
     #[error("location {0:?} needs a finite centre and a finite radius > 0")]
     BadShape(String),
+    #[error("a static layout's territories are never split into cells")]
+    StaticLayout,
+    #[error(transparent)]
+    Partition(#[from] PartitionError),
 }
 
 #[derive(Clone, Debug)]
@@ -41,6 +51,11 @@ pub struct TerritoryMap {
     territories: BTreeSet<TerritoryName>,
     deep_space: TerritoryName,
     static_owner: BTreeMap<TerritoryName, String>,
+    dynamic: bool,
+    /// The base territories (what a sphere lookup returns), sorted.
+    bases: BTreeSet<String>,
+    /// Always empty for a static layout.
+    partition: Partition,
 }
 
 impl TerritoryMap {
@@ -90,16 +105,77 @@ impl TerritoryMap {
             spheres.push(Sphere { center, radius: p.radius, territory });
         }
         spheres.sort_by(|a, b| a.radius.total_cmp(&b.radius));
-        Ok(Self { spheres, territories, deep_space, static_owner })
+        let bases = territories.iter().map(|t| t.to_string()).collect();
+        Ok(Self {
+            spheres,
+            territories,
+            deep_space,
+            static_owner,
+            dynamic: layout.mode == LayoutMode::Dynamic,
+            bases,
+            partition: Partition::default(),
+        })
     }
 
-    /// The territory a position belongs to. Linear in the number of
-    /// locations, which is tens per system, not entities.
+    /// The territory a position belongs to: its leaf cell in a dynamic
+    /// layout. Linear in the number of locations, which is tens per system,
+    /// not entities, plus at most `MAX_SPLIT_DEPTH` plane tests.
     pub fn locate(&self, p: Vec3) -> TerritoryName {
+        let base = self.locate_base(p);
+        if !self.partition.is_split(&base) {
+            return base;
+        }
+        let cell = self.partition.cell_of(&base, [p.x, p.y, p.z]);
+        // Every leaf is in `territories`; the fallback only allocates if not.
+        self.territories.get(cell.as_str()).cloned().unwrap_or_else(|| Arc::from(cell))
+    }
+
+    /// The base territory (before any split) a position belongs to.
+    pub fn locate_base(&self, p: Vec3) -> TerritoryName {
         self.spheres
             .iter()
             .find(|s| s.center.dist2(p) <= s.radius * s.radius)
             .map_or_else(|| self.deep_space.clone(), |s| s.territory.clone())
+    }
+
+    /// Whether the layout is dynamic (its territories may be split into cells).
+    pub fn is_dynamic(&self) -> bool {
+        self.dynamic
+    }
+
+    pub fn bases(&self) -> &BTreeSet<String> {
+        &self.bases
+    }
+
+    pub fn partition(&self) -> &Partition {
+        &self.partition
+    }
+
+    /// Replaces the partition (validated against the base territories); the
+    /// territories become its leaf cells. A static layout refuses any split.
+    pub fn set_partition(&mut self, partition: Partition) -> Result<(), TerritoryError> {
+        if !self.dynamic && !partition.is_empty() {
+            return Err(TerritoryError::StaticLayout);
+        }
+        partition.validate(&self.bases)?;
+        let leaves = partition.leaves(self.bases.iter().map(String::as_str));
+        self.territories = leaves
+            .into_iter()
+            .map(|c| match self.bases.get(&c) {
+                // Keep the base's Arc: spheres hand out the same one.
+                Some(_) => self
+                    .spheres
+                    .iter()
+                    .find(|s| *s.territory == *c)
+                    .map_or_else(|| TerritoryName::from(c.as_str()), |s| s.territory.clone()),
+                None => TerritoryName::from(c.as_str()),
+            })
+            .collect();
+        if let Some(d) = self.territories.get(DEEP_SPACE) {
+            self.deep_space = d.clone();
+        }
+        self.partition = partition;
+        Ok(())
     }
 
     /// Every territory, including `deep-space`, sorted.
@@ -169,6 +245,38 @@ pub(crate) mod tests {
         assert_eq!(names, ["deep-space", "earth", "station"]);
         assert_eq!(&*m.locate(Vec3::new(1210.0, 0.0, 0.0)), "earth");
         assert!(m.static_owners().is_empty());
+    }
+
+    #[test]
+    fn dynamic_cells_locate_by_plane_and_replace_their_base() {
+        use starmesh_api::partition::{Axis, Plane};
+        let (s, mut l) = sol();
+        l.mode = LayoutMode::Dynamic;
+        l.servers.clear();
+        let mut m = TerritoryMap::new(&s, &l).unwrap();
+        let mut p = Partition::default();
+        p.split("earth", Plane { axis: Axis::X, at: 1000.0 });
+        p.split("earth/1", Plane { axis: Axis::Y, at: 0.0 });
+        m.set_partition(p.clone()).unwrap();
+        let names: Vec<String> = m.names().iter().map(|t| t.to_string()).collect();
+        assert_eq!(names, ["deep-space", "earth/0", "earth/1/0", "earth/1/1", "station"]);
+        assert_eq!(&*m.locate(Vec3::new(900.0, 0.0, 0.0)), "earth/0");
+        assert_eq!(&*m.locate(Vec3::new(1210.0, -1.0, 0.0)), "earth/1/0");
+        assert_eq!(&*m.locate(Vec3::new(1210.0, 1.0, 0.0)), "earth/1/1");
+        assert_eq!(&*m.locate_base(Vec3::new(1210.0, 1.0, 0.0)), "earth");
+        assert_eq!(&*m.locate(Vec3::new(0.0, 0.0, 0.0)), DEEP_SPACE);
+        // A split of something that is not a territory is refused, map unchanged.
+        let mut bad = p.clone();
+        bad.split("mars", Plane { axis: Axis::X, at: 0.0 });
+        assert!(m.set_partition(bad).is_err());
+        assert_eq!(m.names().len(), 5);
+        m.set_partition(Partition::default()).unwrap();
+        assert_eq!(m.names().len(), 3);
+        assert_eq!(&*m.locate(Vec3::new(1210.0, 1.0, 0.0)), "earth");
+        // A static layout has no cells.
+        let mut st = sol_map();
+        assert!(st.set_partition(p).is_err());
+        assert_eq!(st.names().len(), 4);
     }
 
     #[test]

@@ -48,10 +48,19 @@
 //! territory and every entity is held by exactly one live server, at the
 //! current epoch, also for servers that reconnected stale.
 //!
+//! A second run of the seeds (`cells_split_and_merge_under_the_same_faults`)
+//! serves the world dynamically: its territories are cells, balanced by
+//! players, and among the faults the cells are split and merged at random
+//! tick boundaries (`replicant::partition::apply`, what Admin `SetPartition`
+//! runs), the partition saved to the simulated store a little later (a
+//! replicant crash in between loses the change, as a real one would). The
+//! same checks hold: splits and merges lose or duplicate nothing.
+//!
 //! Replay one seed (whole trace; `STARMESH_SIM_VERBOSE=1` adds every message):
 //! `STARMESH_SIM_SEED=N cargo test -p starmesh-node --test authority_simulation
 //! -- --nocapture`. More seeds: `STARMESH_SIM_SEEDS=5000`; all of them even
-//! past failures, listed at the end: `STARMESH_SIM_ALL=1`.
+//! past failures, listed at the end: `STARMESH_SIM_ALL=1`. The cells run:
+//! `--test authority_simulation cells` with the same variables.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -64,9 +73,9 @@ use starmesh_node::replicant::authority::{Authority, Fence};
 use starmesh_node::replicant::metrics::Metrics;
 use starmesh_node::replicant::persistence::Merged;
 use starmesh_node::replicant::state::{World, WriteOutcome};
-use starmesh_node::replicant::{Config, Core, ServerConn, Shared, gate, tick};
+use starmesh_node::replicant::{Config, Core, ServerConn, Shared, gate, partition, tick};
 use starmesh_node::server::authority::Owned;
-use starmesh_node::store::{Arrived, CommitBatch, Outbound, Store, StoreError};
+use starmesh_node::store::{Arrived, CommitBatch, Outbound, PartitionRecord, Store, StoreError};
 use starmesh_node::territory::TerritoryMap;
 use starmesh_node::wire::pb::{self, replicant_message::Msg};
 use starmesh_node::wire::validate;
@@ -109,6 +118,9 @@ const WAYPOINTS: [[f64; 3]; 9] = [
 /// Deliberate bugs, to prove the checker is not vacuous.
 #[derive(Clone, Copy, Debug, Default)]
 struct Bugs {
+    /// Not a bug: the world is served dynamically and its cells split and
+    /// merge among the faults.
+    cells: bool,
     /// The replicant applies a write whose epoch is stale anyway (a broken fence).
     accept_stale_writes: bool,
     /// A restarted replicant reuses the old generation (epochs repeat).
@@ -151,6 +163,8 @@ impl Rng {
 struct SimStore {
     generation: u64,
     rows: BTreeMap<EntityId, Entity>,
+    /// The partition as last saved (`Store::save_partition`).
+    partition: Option<PartitionRecord>,
 }
 
 impl SimStore {
@@ -186,6 +200,12 @@ impl Store for Unused {
     }
     fn name(&self) -> &'static str {
         "simulated"
+    }
+    async fn load_partition(&self) -> Result<Option<PartitionRecord>, StoreError> {
+        Err(unused())
+    }
+    async fn save_partition(&self, _: &PartitionRecord) -> Result<(), StoreError> {
+        Err(unused())
     }
     async fn gate_depart(&self, _: &Outbound) -> Result<(), StoreError> {
         Err(unused())
@@ -291,6 +311,10 @@ struct Replicant {
     carry: Merged,
     inflight: Option<(u64, Merged)>,
     next_tick: u64,
+    /// A changed partition on its way to the store (saved at the given time).
+    saving: Option<(u64, PartitionRecord)>,
+    /// Cell changes for the next tick boundary (what `Core::partition.pending` holds).
+    cells_wanted: Vec<partition::Request>,
 }
 
 fn config() -> Config {
@@ -303,7 +327,8 @@ fn config() -> Config {
     }
 }
 
-fn sol_map() -> TerritoryMap {
+/// The test world; `dynamic`: served by load (cells), nobody named.
+fn sol_map(dynamic: bool) -> TerritoryMap {
     let mut system = None;
     let mut layout = None;
     for r in starmesh_api::yaml::load_resources(include_str!("fixtures/sol.yaml")).unwrap() {
@@ -312,11 +337,17 @@ fn sol_map() -> TerritoryMap {
             starmesh_api::Resource::ServerLayout(l) => layout = Some(l.spec),
         }
     }
-    TerritoryMap::new(&system.unwrap(), &layout.unwrap()).unwrap()
+    let mut layout = layout.unwrap();
+    if dynamic {
+        layout.mode = starmesh_api::LayoutMode::Dynamic;
+        layout.servers.clear();
+    }
+    TerritoryMap::new(&system.unwrap(), &layout).unwrap()
 }
 
 fn new_world(map: &TerritoryMap, generation: u64, cfg: &Config) -> World {
-    let a = Authority::new(map.names(), map.static_owners().clone(), generation, cfg.lease);
+    let mut a = Authority::new(map.names(), map.static_owners().clone(), generation, cfg.lease);
+    a.set_balanced(map.is_dynamic());
     World::new(map.clone(), a, cfg.cell_size_km)
 }
 
@@ -360,6 +391,8 @@ struct Stats {
     expiries: u64,
     entities: u64,
     stale_reconnects: u64,
+    splits: u64,
+    merges: u64,
 }
 
 struct Sim {
@@ -415,7 +448,7 @@ impl Sim {
             rng,
             now: 0,
             base: Instant::now(),
-            map: sol_map(),
+            map: sol_map(bugs.cells),
             cfg: config(),
             store: SimStore::default(),
             store_down_until: 0,
@@ -464,7 +497,11 @@ impl Sim {
         self.store.generation = generation;
         self.incarnations += 1;
         let cfg = self.cfg.clone();
-        let mut world = new_world(&self.map, generation, &cfg);
+        // The cells first, as `recover_then_serve` loads them (the base map
+        // is what the replicant starts from).
+        let mut map = self.map.clone();
+        let partition_version = partition::recovered(&mut map, self.store.partition.clone());
+        let mut world = new_world(&map, generation, &cfg);
         for e in self.store.rows.values() {
             world.load(e.clone());
         }
@@ -482,14 +519,18 @@ impl Sim {
             gates: gate::Gates::new(&[], &[]).unwrap(),
             loaded: watch::Sender::new(true),
         };
+        let mut core = Core::new(world, cfg.backlog_bound);
+        core.partition.version = partition_version;
         self.rep = Some(Replicant {
             shared,
-            core: Core::new(world, cfg.backlog_bound),
+            core,
             incarnation: self.incarnations,
             generation,
             carry: Merged::default(),
             inflight: None,
             next_tick: self.now + TICK_MS,
+            saving: None,
+            cells_wanted: Vec::new(),
         });
         // What the replicant must hold now is exactly what was committed;
         // versions restart from the durable ones (unacknowledged writes may be lost).
@@ -592,6 +633,8 @@ impl Sim {
                 self.store_down_until = self.now + self.rng.range(20, 300);
                 self.log(format!("STORE down until {}ms", self.store_down_until));
             }
+            // Cells split and merge (dynamic runs only), at the next tick boundary.
+            160..=259 if self.bugs.cells && self.rep.is_some() => self.change_cells(),
             _ => {}
         }
     }
@@ -641,10 +684,39 @@ impl Sim {
         self.server_stream_ended(i);
     }
 
+    /// Queues a random split or merge for the next tick boundary.
+    fn change_cells(&mut self) {
+        let Some(rep) = self.rep.as_mut() else { return };
+        let map = &rep.core.world.map;
+        let mergeable: Vec<String> = map
+            .partition()
+            .splits()
+            .map(|(c, _)| c.clone())
+            .filter(|c| {
+                !map.partition().is_split(&format!("{c}/0"))
+                    && !map.partition().is_split(&format!("{c}/1"))
+            })
+            .collect();
+        let leaves: Vec<String> = map.names().iter().map(|t| t.to_string()).collect();
+        let req = if !mergeable.is_empty() && self.rng.chance(0.4) {
+            let c = mergeable[self.rng.range(0, mergeable.len() as u64 - 1) as usize].clone();
+            partition::Request { split: vec![], merge: vec![c] }
+        } else {
+            let c = leaves[self.rng.range(0, leaves.len() as u64 - 1) as usize].clone();
+            partition::Request { split: vec![c], merge: vec![] }
+        };
+        let line = format!("CELLS requested split={:?} merge={:?}", req.split, req.merge);
+        rep.cells_wanted.push(req);
+        self.log(line);
+    }
+
     fn drain(&mut self, i: usize) {
         let Some(rep) = self.rep.as_mut() else { return };
         let name = self.servers[i].name.clone();
         // Mirrors the Admin `drain` handler.
+        if rep.core.world.authority.is_balanced() {
+            partition::refresh_players(&mut rep.core);
+        }
         let (changes, left) = rep.core.world.authority.drain(&name);
         rep.core.apply_changes(changes, &rep.shared.metrics);
         self.log(format!("DRAIN {name} (left {left})"));
@@ -940,12 +1012,19 @@ impl Sim {
                 slow_ticks: 0,
             },
         );
-        core.send_control(conn, Msg::Welcome(pb::Welcome { lease_ms: LEASE_MS }), m);
+        core.send_control(
+            conn,
+            Msg::Welcome(pb::Welcome { lease_ms: LEASE_MS, protocol_version: 1 }),
+            m,
+        );
         if let Some(old) = core.world.authority.conn_of(&name).filter(|c| *c != conn)
             && let Some(s) = core.servers.remove(&old)
         {
             let _ = s.tx.try_send(Err(Status::aborted("superseded by a newer connection")));
             s.kill.notify_one();
+        }
+        if core.world.authority.is_balanced() {
+            partition::refresh_players(core);
         }
         let changes = core.world.authority.connect(name.clone(), conn, now);
         core.apply_changes(changes, m);
@@ -1060,6 +1139,54 @@ impl Sim {
         let before = rep.core.world.authority.live_servers().count();
         let wanted = tick::step(&rep.shared, &mut rep.core, now);
         assert!(wanted.is_empty(), "nothing is evicted in the simulation");
+        // Mirrors `partition::apply_pending` (called inside `step`, right
+        // after `end_tick`): here right after `step`, still before any write
+        // of the new tick is delivered. Its save is the simulated store's.
+        let wanted_cells = std::mem::take(&mut rep.cells_wanted);
+        let applied: Vec<_> = wanted_cells
+            .into_iter()
+            .map(|req| {
+                let r = partition::apply(&rep.shared, &mut rep.core, &req);
+                (req, r)
+            })
+            .collect();
+        for (req, r) in applied {
+            match r {
+                Ok(a) => {
+                    self.log(format!(
+                        "CELLS applied split={:?} merge={:?} refused={:?} -> v{} cells={}",
+                        req.split,
+                        req.merge,
+                        a.state.refused,
+                        a.state.version,
+                        a.state.cells.len()
+                    ));
+                    if let Some(r) = a.record {
+                        self.stats.splits +=
+                            (!req.split.is_empty() && a.state.refused.is_empty()) as u64;
+                        self.stats.merges += (!req.merge.is_empty()) as u64;
+                        let at = self.now + self.rng.range(0, 60);
+                        if let Some(rep) = self.rep.as_mut() {
+                            rep.saving = Some((at, r));
+                        }
+                    }
+                }
+                // Two changes queued for one boundary can conflict (a merge,
+                // then a split of its child): the second is refused whole.
+                Err(e) => self.log(format!("CELLS refused: {e}")),
+            }
+        }
+        let Some(rep) = self.rep.as_mut() else { return Ok(()) };
+        if let Some((at, _)) = &rep.saving
+            && *at <= self.now
+            && self.store_down_until <= self.now
+            && let Some((_, r)) = rep.saving.take()
+        {
+            let newer = self.store.partition.as_ref().is_none_or(|old| old.version < r.version);
+            if newer {
+                self.store.partition = Some(r);
+            }
+        }
         let after = rep.core.world.authority.live_servers().count();
         if after < before {
             self.stats.expiries += (before - after) as u64;
@@ -1532,6 +1659,45 @@ fn authority_protocol_holds_under_faults() {
     if seeds.len() >= 100 {
         assert!(total.replicant_restarts > 0 && total.expiries > 0 && total.stale_rejected > 0);
         assert!(total.server_crashes > 0 && total.partitions > 0 && total.acked > 0);
+    }
+}
+
+/// The same seeds, the world served dynamically: among the faults, cells
+/// split and merge at random tick boundaries. Nothing is lost or duplicated,
+/// every epoch still only grows, and after settling every cell and entity is
+/// held by exactly one live server at the current epoch.
+#[test]
+fn cells_split_and_merge_under_the_same_faults() {
+    let seeds: Vec<u64> = match env_u64("STARMESH_SIM_SEED") {
+        Some(s) => vec![s],
+        None => (0..env_u64("STARMESH_SIM_SEEDS").unwrap_or(500)).collect(),
+    };
+    let started = Instant::now();
+    let bugs = Bugs { cells: true, ..Bugs::default() };
+    let (mut splits, mut merges, mut restarts, mut handoffs) = (0, 0, 0, 0);
+    let mut failures: Vec<String> = Vec::new();
+    for &seed in &seeds {
+        match run_seed(seed, bugs) {
+            Ok(s) => {
+                splits += s.splits;
+                merges += s.merges;
+                restarts += s.replicant_restarts;
+                handoffs += s.handoffs;
+            }
+            Err(report) if std::env::var_os("STARMESH_SIM_ALL").is_some() => {
+                failures.push(report.lines().next().unwrap_or_default().to_string());
+            }
+            Err(report) => panic!("cells: {report}"),
+        }
+    }
+    assert!(failures.is_empty(), "{} failing seeds:\n{}", failures.len(), failures.join("\n"));
+    eprintln!(
+        "cells: {} seeds in {:.1}s: {splits} splits, {merges} merges, {restarts} replicant restarts, {handoffs} handoffs",
+        seeds.len(),
+        started.elapsed().as_secs_f64()
+    );
+    if seeds.len() >= 100 {
+        assert!(splits > seeds.len() as u64 && merges > 0, "the cells must actually change");
     }
 }
 

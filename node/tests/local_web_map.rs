@@ -252,3 +252,79 @@ fn a_read_only_map_says_so_in_a_real_browser() {
     assert!(errors.is_empty(), "console errors: {errors:#?}");
     rt.block_on(running.shutdown());
 }
+
+/// A dynamic layout on the map: the crowd fixture splits its territories
+/// while the bots fly; the page lists the cells with their owners (and drops
+/// the territory they replaced), colours each location by the owner of the
+/// cell its centre lies in, and lists the autoscaler's decisions.
+#[test]
+fn cells_and_autoscaler_decisions_in_a_real_browser() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fixture =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/crowd.yaml");
+    let system = fixture.display().to_string();
+    let mut mesh = LocalMesh::spawn(
+        &dir.path().join("data"),
+        &["--system", &system, "--bots", "30", "--duration", "120s"],
+    );
+    mesh.wait_line("running", Duration::from_secs(60));
+    let mut b = Browser::launch();
+    let page = b.new_page();
+    b.navigate(&page, &format!("http://{}/", mesh.addr));
+    b.wait_for(&page, "!!(window.starmesh && window.starmesh.ready())", Duration::from_secs(20));
+    // Splits arrive within a few autoscaler rounds (every 2 s, cooldown 2 s).
+    b.wait_for(
+        &page,
+        "starmesh.cells().splits.length > 0 && starmesh.cellsListed().some(c => c.includes('/'))",
+        Duration::from_secs(40),
+    );
+    let listed = b.eval(&page, "starmesh.cellsListed()");
+    let split: Vec<String> = b
+        .eval(&page, "starmesh.cells().splits.map(s => s.cell)")
+        .as_array()
+        .expect("splits")
+        .iter()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect();
+    let listed: Vec<String> = listed
+        .as_array()
+        .expect("cells listed")
+        .iter()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect();
+    for c in &split {
+        assert!(!listed.contains(c), "split cell {c} is not listed any more: {listed:?}");
+    }
+    // Every listed cell has an owner, shown in its row.
+    let unowned = b.eval(
+        &page,
+        "[...document.querySelectorAll('#territories tbody tr')].filter(r => r.cells[1].textContent.includes('unowned')).length",
+    );
+    assert_eq!(unowned, Value::from(0), "every cell owned: {listed:?}");
+    let title = b.eval(&page, "document.getElementById('territories-title').textContent");
+    assert!(title.as_str().is_some_and(|t| t.starts_with("Cells (partition v")), "{title}");
+    // A location of a split territory is coloured by its cell's owner.
+    let haven = b.eval(
+        &page,
+        "(l => starmesh.cellOf(l.territory, l.x, l.y, l.z))(starmesh.layout.byName.get('haven'))",
+    );
+    let owner = b.eval(&page, "document.querySelector('[data-location=\"haven\"]').dataset.owner");
+    let expected = b.eval(&page, &format!("(starmesh.state.assignments[{haven}] || {{}}).server"));
+    assert_eq!(owner, expected, "haven coloured by the owner of {haven}");
+    // The autoscaler's decisions, with their reasons.
+    b.wait_for(
+        &page,
+        "starmesh.decisionsShown().some(t => t.includes('above splitAbovePlayers'))",
+        Duration::from_secs(10),
+    );
+    let shot =
+        std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("local-web-map-cells.png");
+    b.screenshot(&page, &shot);
+    eprintln!("screenshot: {}", shot.display());
+    let errors = b.errors();
+    b.close();
+    assert!(errors.is_empty(), "console errors: {errors:#?}");
+    mesh.interrupt();
+    let st = mesh.wait_exit(Duration::from_secs(60));
+    assert!(st.success(), "exit {st}:\n{}", mesh.stdout().join("\n"));
+}

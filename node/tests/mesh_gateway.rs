@@ -85,7 +85,11 @@ async fn play(
     c: &mut Client,
     name: &str,
 ) -> (pb::JoinResponse, mpsc::Sender<pb::PlayerMessage>, tonic::Streaming<pb::PlayerUpdate>) {
-    let j = c.join(pb::JoinRequest { name: name.into() }).await.unwrap().into_inner();
+    let j = c
+        .join(pb::JoinRequest { name: name.into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     let (tx, rx) = mpsc::channel(1024);
     tx.send(pb::PlayerMessage {
         msg: Some(player_message::Msg::Hello(pb::PlayHello { token: j.token.clone() })),
@@ -200,7 +204,10 @@ async fn floods_are_rate_limited_and_bad_messages_end_only_their_stream() {
     .unwrap();
     let st = c.play(ReceiverStream::new(rx4)).await.expect_err("refused");
     assert_eq!(st.code(), tonic::Code::Unauthenticated);
-    let st = c.join(pb::JoinRequest { name: "".into() }).await.expect_err("refused");
+    let st = c
+        .join(pb::JoinRequest { name: "".into(), ..Default::default() })
+        .await
+        .expect_err("refused");
     assert_eq!(st.code(), tonic::Code::InvalidArgument);
 
     // ...and the flooder was never disturbed by any of it.

@@ -328,8 +328,11 @@ async fn hostile_input_ends_only_its_own_stream() {
     })))
     .await;
 
-    let hello =
-        msg(server_message::Msg::Hello(pb::Hello { server_name: "evil".into() })).encode_to_vec();
+    let hello = msg(server_message::Msg::Hello(pb::Hello {
+        server_name: "evil".into(),
+        protocol_version: 1,
+    }))
+    .encode_to_vec();
     let valid_write = write(1, earth, 9, (1000.0, 0.0, 0.0)).encode_to_vec();
     let nan = write(1, earth, 9, (f64::NAN, 0.0, 0.0)).encode_to_vec();
     let cases: Vec<(&str, Vec<Bytes>)> = vec![

@@ -193,14 +193,28 @@ impl<'a> LayoutRef<'a> {
     }
 }
 
-/// Game servers per shard: the static list's length, or the dynamic minimum (the
-/// autoscaler that grows it comes later).
+/// Game servers per shard: the static list's length, or the dynamic minimum (what a
+/// new shard starts with; [`servers_for_shard`] gives a running shard's count).
 pub fn servers_per_shard(spec: &ServerLayoutSpec) -> i32 {
     match spec.mode {
         LayoutMode::Static => i32::try_from(spec.servers.len()).unwrap_or(i32::MAX),
         LayoutMode::Dynamic => {
             let min = spec.dynamic.clone().unwrap_or_default().min_servers;
             i32::try_from(min).unwrap_or(i32::MAX)
+        }
+    }
+}
+
+/// The game-server replicas to apply to one shard. Static: the list's length. Dynamic:
+/// `decided` (the autoscaler's count this pass, else the StatefulSet's current replicas)
+/// raised to `minServers` (going up is always safe); never lowered here, because going
+/// down is the autoscaler's, through a drain.
+pub fn servers_for_shard(spec: &ServerLayoutSpec, decided: Option<i32>) -> i32 {
+    match spec.mode {
+        LayoutMode::Static => servers_per_shard(spec),
+        LayoutMode::Dynamic => {
+            let min = servers_per_shard(spec);
+            decided.map_or(min, |d| d.max(min))
         }
     }
 }
@@ -355,10 +369,15 @@ fn container(l: &LayoutRef<'_>, role: Role, shard: i32) -> Container {
         }
     };
     ports.push(port("metrics", METRICS_PORT));
+    // A studio's game server replaces ours in the server pods only, with the same contract.
+    let (image, pull_policy) = match (role, &spec.game_server_image) {
+        (Role::Server, Some(i)) => (format!("{}:{}", i.repository, i.tag), i.pull_policy),
+        _ => (l.image.clone(), spec.image.pull_policy),
+    };
     Container {
         name: role.as_str().to_string(),
-        image: Some(l.image.clone()),
-        image_pull_policy: Some(spec.image.pull_policy.as_str().to_string()),
+        image: Some(image),
+        image_pull_policy: Some(pull_policy.as_str().to_string()),
         args: Some(vec![role.as_str().to_string()]),
         env: Some(env_vars),
         ports: Some(ports),
@@ -550,6 +569,40 @@ pub fn gateway_service(l: &LayoutRef<'_>, shard: i32) -> Service {
 }
 
 pub fn gateway_deployment(l: &LayoutRef<'_>, shard: i32) -> Deployment {
+    let mut template = pod_template(l, Role::Gateway, shard);
+    // The player token key: the Secret's one key as a read-only file, its path in the
+    // environment (`--player-token-key`). Only the gateway pods see it.
+    if let (Some(secret), Some(pod)) = (&l.spec.gateway.player_token_secret, template.spec.as_mut())
+    {
+        const DIR: &str = "/etc/starmesh/player-token";
+        let key = starmesh_api::PLAYER_TOKEN_SECRET_KEY;
+        pod.volumes.get_or_insert_with(Vec::new).push(Volume {
+            name: "player-token".into(),
+            secret: Some(k8s_openapi::api::core::v1::SecretVolumeSource {
+                secret_name: Some(secret.clone()),
+                items: Some(vec![k8s_openapi::api::core::v1::KeyToPath {
+                    key: key.into(),
+                    path: key.into(),
+                    ..Default::default()
+                }]),
+                // Group-readable: the pod's fsGroup is the gateway's group (non-root).
+                default_mode: Some(0o440),
+                ..Default::default()
+            }),
+            ..Volume::default()
+        });
+        for c in &mut pod.containers {
+            c.volume_mounts.get_or_insert_with(Vec::new).push(VolumeMount {
+                name: "player-token".into(),
+                mount_path: DIR.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            });
+            c.env
+                .get_or_insert_with(Vec::new)
+                .push(env("STARMESH_PLAYER_TOKEN_KEY", format!("{DIR}/{key}")));
+        }
+    }
     Deployment {
         metadata: l.meta(gateway_name(&l.name, shard), Some(Role::Gateway), Some(shard)),
         spec: DeploymentSpec {
@@ -558,7 +611,7 @@ pub fn gateway_deployment(l: &LayoutRef<'_>, shard: i32) -> Deployment {
                 match_labels: Some(selector_labels(&l.name, Role::Gateway, shard)),
                 ..LabelSelector::default()
             },
-            template: pod_template(l, Role::Gateway, shard),
+            template,
             ..DeploymentSpec::default()
         },
         ..Deployment::default()
@@ -590,6 +643,87 @@ pub struct ShardMap {
     /// The game servers' StatefulSet (pods `<statefulSet>-<k>`) and how many it runs.
     pub servers_stateful_set: String,
     pub servers: i32,
+    /// Where this shard's jump gates lead: per target StarSystem, the replicant (GateLink)
+    /// and gateway of the peer shard (see [`peer_shard`]). Empty until the target's
+    /// layout has Services; the operator requeues until it does.
+    #[serde(default)]
+    pub gate_peers: Vec<GatePeerMap>,
+}
+
+/// The other end of this shard's jump gates to one StarSystem.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatePeerMap {
+    /// The target StarSystem (the `SYSTEM` of `--gate-peer` / `--gateway-peer`).
+    pub system: String,
+    /// The layout serving it, and which of its shards this shard's ships go to.
+    pub layout: String,
+    pub shard: i32,
+    pub replicant: Endpoint,
+    pub gateway: Endpoint,
+}
+
+/// A layout serving the target StarSystem of this layout's gates, as the reconciler found
+/// it: its shards whose Services have cluster IPs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerLayout {
+    pub system: String,
+    pub layout: String,
+    pub gateway_port: i32,
+    pub shards: Vec<ShardIps>,
+}
+
+/// The target shard of shard `shard`'s ships: the target's shard with the same index when
+/// it has one, else (the target has fewer shards) its shards in index order taken
+/// round-robin, `shard mod count`. Deterministic, so every pod and every reconcile agree.
+pub fn peer_shard(shard: i32, target: &[ShardIps]) -> Option<&ShardIps> {
+    if let Some(same) = target.iter().find(|s| s.index == shard) {
+        return Some(same);
+    }
+    let mut sorted: Vec<&ShardIps> = target.iter().collect();
+    sorted.sort_by_key(|s| s.index);
+    let n = i32::try_from(sorted.len()).ok().filter(|n| *n > 0)?;
+    let k = usize::try_from(shard.rem_euclid(n)).ok()?;
+    sorted.get(k).copied()
+}
+
+fn replicant_endpoint(layout: &str, shard: i32, ip: &str) -> Endpoint {
+    Endpoint {
+        service: replicant_name(layout, shard),
+        cluster_ip: ip.to_string(),
+        ports: BTreeMap::from([
+            ("grpc".to_string(), REPLICANT_GRPC_PORT),
+            ("metrics".to_string(), METRICS_PORT),
+        ]),
+    }
+}
+
+fn gateway_endpoint(layout: &str, shard: i32, ip: &str, game_port: i32) -> Endpoint {
+    Endpoint {
+        service: gateway_name(layout, shard),
+        cluster_ip: ip.to_string(),
+        ports: BTreeMap::from([
+            ("game".to_string(), game_port),
+            ("metrics".to_string(), METRICS_PORT),
+        ]),
+    }
+}
+
+/// The gate peers of shard `shard`: one entry per peer layout that has a shard for it.
+fn gate_peers_of(shard: i32, peers: &[PeerLayout]) -> Vec<GatePeerMap> {
+    peers
+        .iter()
+        .filter_map(|p| {
+            let t = peer_shard(shard, &p.shards)?;
+            Some(GatePeerMap {
+                system: p.system.clone(),
+                layout: p.layout.clone(),
+                shard: t.index,
+                replicant: replicant_endpoint(&p.layout, t.index, &t.replicant),
+                gateway: gateway_endpoint(&p.layout, t.index, &t.gateway, p.gateway_port),
+            })
+        })
+        .collect()
 }
 
 /// `mesh-map.json`: everything a pod needs to find its peers.
@@ -600,7 +734,10 @@ pub struct ShardMap {
 ///  "shards":[{"index":0,
 ///    "replicant":{"service":"stanton-shard-0-replicant","clusterIP":"198.18.128.10","ports":{"grpc":7100,"metrics":9100}},
 ///    "gateway":{"service":"stanton-shard-0-gateway","clusterIP":"198.18.128.11","ports":{"game":7777,"metrics":9100}},
-///    "serversStatefulSet":"stanton-shard-0-servers","servers":6}]}
+///    "serversStatefulSet":"stanton-shard-0-servers","servers":6,
+///    "gatePeers":[{"system":"pyro","layout":"pyro","shard":0,
+///      "replicant":{"service":"pyro-shard-0-replicant","clusterIP":"198.18.128.20",...},
+///      "gateway":{"service":"pyro-shard-0-gateway","clusterIP":"198.18.128.21",...}}]}]}
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -627,7 +764,8 @@ pub struct ShardIps {
     pub gateway: String,
 }
 
-pub fn mesh_map(l: &LayoutRef<'_>, ips: &[ShardIps]) -> MeshMap {
+/// `peers`: the layouts serving the StarSystems this layout's gates lead to.
+pub fn mesh_map(l: &LayoutRef<'_>, ips: &[ShardIps], peers: &[PeerLayout]) -> MeshMap {
     let spec = l.spec;
     let is_static = spec.mode == LayoutMode::Static;
     let servers_per_shard = servers_per_shard(spec);
@@ -648,24 +786,11 @@ pub fn mesh_map(l: &LayoutRef<'_>, ips: &[ShardIps]) -> MeshMap {
             .iter()
             .map(|s| ShardMap {
                 index: s.index,
-                replicant: Endpoint {
-                    service: replicant_name(&l.name, s.index),
-                    cluster_ip: s.replicant.clone(),
-                    ports: BTreeMap::from([
-                        ("grpc".to_string(), REPLICANT_GRPC_PORT),
-                        ("metrics".to_string(), METRICS_PORT),
-                    ]),
-                },
-                gateway: Endpoint {
-                    service: gateway_name(&l.name, s.index),
-                    cluster_ip: s.gateway.clone(),
-                    ports: BTreeMap::from([
-                        ("game".to_string(), spec.gateway.port),
-                        ("metrics".to_string(), METRICS_PORT),
-                    ]),
-                },
+                replicant: replicant_endpoint(&l.name, s.index, &s.replicant),
+                gateway: gateway_endpoint(&l.name, s.index, &s.gateway, spec.gateway.port),
                 servers_stateful_set: servers_name(&l.name, s.index),
                 servers: servers_per_shard,
+                gate_peers: gate_peers_of(s.index, peers),
             })
             .collect(),
     }
@@ -809,6 +934,36 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_studio_game_server_image_replaces_ours_in_the_server_pods_only() {
+        let mut spec = layout_spec();
+        spec.game_server_image = Some(starmesh_api::server_layout::Image {
+            repository: "studio/game".into(),
+            tag: "3".into(),
+            pull_policy: starmesh_api::server_layout::PullPolicy::Always,
+        });
+        let l = layout(spec);
+        let r = LayoutRef::new(&l, "starmesh:dev").expect("ref");
+        let server = servers_statefulset(&r, 0, 2).spec.template.spec.expect("pod");
+        let c = &server.containers[0];
+        assert_eq!(c.image.as_deref(), Some("studio/game:3"));
+        assert_eq!(c.image_pull_policy.as_deref(), Some("Always"));
+        // The same contract as ours: the role argument and the environment.
+        assert_eq!(c.args.as_deref(), Some(&["server".to_string()][..]));
+        let ours = LayoutRef::new(&layout(layout_spec()), "starmesh:dev")
+            .map(|r| servers_statefulset(&r, 0, 2))
+            .and_then(|s| s.spec.template.spec)
+            .expect("our pod");
+        assert_eq!(c.env, ours.containers[0].env);
+        assert_eq!(c.ports, ours.containers[0].ports);
+        let rep = replicant_statefulset(&r, 0).spec.template.spec.expect("pod");
+        assert_eq!(
+            rep.containers[0].image.as_deref(),
+            Some("starmesh:dev"),
+            "replicant keeps ours"
+        );
+    }
+
+    #[test]
     fn pods_are_locked_down_and_probed() {
         let l = layout(layout_spec());
         let r = LayoutRef::new(&l, "starmesh:dev").expect("ref");
@@ -896,6 +1051,11 @@ pub(crate) mod tests {
         spec.servers.clear();
         spec.dynamic = Some(DynamicLayout { min_servers: 2, ..DynamicLayout::default() });
         assert_eq!(servers_per_shard(&spec), 2);
+        assert_eq!(servers_for_shard(&spec, None), 2);
+        assert_eq!(servers_for_shard(&spec, Some(5)), 5, "the autoscaler's count");
+        assert_eq!(servers_for_shard(&spec, Some(1)), 2, "raised to minServers");
+        let static_spec = layout_spec();
+        assert_eq!(servers_for_shard(&static_spec, Some(1)), 6, "static: the list");
         assert!(territory_owners(&spec).is_empty());
         let l = layout(spec);
         let r = LayoutRef::new(&l, "i").expect("ref");
@@ -928,7 +1088,8 @@ pub(crate) mod tests {
             ShardIps { index: 0, replicant: "10.0.0.1".into(), gateway: "10.0.0.2".into() },
             ShardIps { index: 1, replicant: "10.0.0.3".into(), gateway: "10.0.0.4".into() },
         ];
-        let map = mesh_map(&r, &ips);
+        let map = mesh_map(&r, &ips, &[]);
+        assert!(map.shards.iter().all(|s| s.gate_peers.is_empty()), "no peer layouts given");
         assert_eq!(
             map.servers,
             ["hurston", "crusader", "arccorp", "microtech", "cities", "deep-space"]
@@ -965,6 +1126,67 @@ pub(crate) mod tests {
         let lay = starmesh_api::yaml::load_server_layout(&data[SERVER_LAYOUT_KEY])
             .expect("node can load the layout");
         assert_eq!(lay.spec, layout_spec());
+    }
+
+    fn ips(index: i32, n: u8) -> ShardIps {
+        ShardIps { index, replicant: format!("10.1.{n}.1"), gateway: format!("10.1.{n}.2") }
+    }
+
+    #[test]
+    fn peer_shard_is_the_same_index_else_round_robin() {
+        let two = [ips(1, 1), ips(0, 0)];
+        assert_eq!(peer_shard(0, &two).map(|s| s.index), Some(0));
+        assert_eq!(peer_shard(1, &two).map(|s| s.index), Some(1));
+        // Fewer target shards: in index order, shard mod count.
+        assert_eq!(peer_shard(2, &two).map(|s| s.index), Some(0));
+        assert_eq!(peer_shard(3, &two).map(|s| s.index), Some(1));
+        let one = [ips(0, 0)];
+        assert_eq!(peer_shard(5, &one).map(|s| s.index), Some(0));
+        // A gap (shard 1's Services not there): 1 mod [0, 2] picks 2.
+        let gap = [ips(0, 0), ips(2, 2)];
+        assert_eq!(peer_shard(1, &gap).map(|s| s.index), Some(2));
+        assert_eq!(peer_shard(0, &[]), None);
+    }
+
+    #[test]
+    fn mesh_map_carries_gate_peers_per_shard() {
+        let l = layout(layout_spec());
+        let r = LayoutRef::new(&l, "i").expect("ref");
+        let own = [ips(0, 10), ips(1, 11)];
+        let pyro = PeerLayout {
+            system: "pyro".into(),
+            layout: "pyro-main".into(),
+            gateway_port: 7780,
+            shards: vec![ips(0, 20)],
+        };
+        let nyx = PeerLayout {
+            system: "nyx".into(),
+            layout: "nyx".into(),
+            gateway_port: 7777,
+            shards: vec![],
+        };
+        let map = mesh_map(&r, &own, &[pyro, nyx]);
+        for s in &map.shards {
+            // Nyx has no shard with addresses yet: no entry rather than an unusable one.
+            assert_eq!(s.gate_peers.len(), 1, "{s:?}");
+            let p = &s.gate_peers[0];
+            assert_eq!((p.system.as_str(), p.layout.as_str(), p.shard), ("pyro", "pyro-main", 0));
+            assert_eq!(p.replicant.cluster_ip, "10.1.20.1");
+            assert_eq!(p.replicant.service, "pyro-main-shard-0-replicant");
+            assert_eq!(p.replicant.ports["grpc"], REPLICANT_GRPC_PORT);
+            assert_eq!(p.gateway.cluster_ip, "10.1.20.2");
+            assert_eq!(p.gateway.service, "pyro-main-shard-0-gateway");
+            assert_eq!(p.gateway.ports["game"], 7780);
+        }
+        // The JSON the node reads (node/src/mesh_map.rs): camelCase, clusterIP.
+        let json = serde_json::to_value(&map).expect("json");
+        let p = &json["shards"][1]["gatePeers"][0];
+        assert_eq!(p["system"], "pyro");
+        assert_eq!(p["shard"], 0);
+        assert_eq!(p["replicant"]["clusterIP"], "10.1.20.1");
+        assert_eq!(p["gateway"]["ports"]["game"], 7780);
+        let back: MeshMap = serde_json::from_value(json).expect("round trip");
+        assert_eq!(back, map);
     }
 
     #[test]

@@ -5,12 +5,16 @@
 //! functions in [`builders`], [`checks`], [`status`] and [`conditions`]; the reconcilers in
 //! [`star_system`] and [`server_layout`] only read, call those, and write.
 
+pub mod admin;
+pub mod autoscaler;
 pub mod builders;
 pub mod checks;
 pub mod conditions;
+pub mod gate_peers;
 pub mod leader;
 pub mod metrics;
 pub mod players;
+pub mod prometheus;
 pub mod server_layout;
 pub mod star_system;
 pub mod status;

@@ -118,6 +118,9 @@ where
     }
 }
 
+/// Seconds each watch of the operator lasts before it resumes (see `controllers`).
+const WATCH_TIMEOUT_S: u32 = 30;
+
 /// Both controllers, until `stop` fires.
 async fn run_controllers(ctx: Ctx, namespace: Option<String>, stop: oneshot::Receiver<()>) {
     let client = ctx.client.clone();
@@ -142,17 +145,20 @@ async fn run_controllers(ctx: Ctx, namespace: Option<String>, stop: oneshot::Rec
     };
 
     // Never `streaming_lists()`: Kubernetes 1.20 answers 422 and the watcher retries forever.
-    let wc = watcher::Config::default().any_semantic();
+    // A short watch timeout: after a kube-apiserver restart a custom-resource watch can be
+    // accepted and then never sent an event (1.20: new ServerLayouts went unseen for ~3 min,
+    // e2e/tests/chaos.rs); each watch ending after WATCH_TIMEOUT_S and resuming from its
+    // resourceVersion (no re-list) bounds that.
+    let wc = watcher::Config::default().any_semantic().timeout(WATCH_TIMEOUT_S);
     let systems = Controller::new(api::<StarSystem>(&client, ns), wc.clone())
         .graceful_shutdown_on(trigger(&stop_all))
         .run(star_system::reconcile, star_system::error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
 
-    let children = watcher::Config::default().any_semantic().labels(&format!(
-        "{}={}",
-        builders::LABEL_MANAGED_BY,
-        builders::FIELD_MANAGER
-    ));
+    let children = watcher::Config::default()
+        .any_semantic()
+        .timeout(WATCH_TIMEOUT_S)
+        .labels(&format!("{}={}", builders::LABEL_MANAGED_BY, builders::FIELD_MANAGER));
     let layouts_ctl = Controller::new(api::<ServerLayout>(&client, ns), wc.clone());
     let layouts_store = layouts_ctl.store();
     let layouts = layouts_ctl

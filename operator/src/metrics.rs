@@ -10,22 +10,29 @@ use std::{
 
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
+use starmesh_api::reference::{MetricCatalog, MetricDoc};
 
 /// Counters, the duration histogram and the leader gauge, in one registry.
 #[derive(Clone)]
 pub struct Metrics {
     pub registry: Registry,
+    /// Every family registered, for the metric reference (`operator-reference`).
+    pub described: Vec<MetricDoc>,
     reconciles: IntCounterVec,
     errors: IntCounterVec,
     duration: HistogramVec,
     pub leader: IntGauge,
+    scaling_decisions: IntCounterVec,
+    oldest_drain: GaugeVec,
 }
 
 impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
-        let registry = Registry::new();
+        // Registers like a Registry and remembers each family for the reference.
+        let registry = MetricCatalog::new();
         let reconciles = IntCounterVec::new(
             Opts::new("starmesh_operator_reconciles_total", "Reconciliations started, by resource"),
             &["resource"],
@@ -53,7 +60,45 @@ impl Metrics {
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(leader.clone()))?;
-        Ok(Metrics { registry, reconciles, errors, duration, leader })
+        let scaling_decisions = IntCounterVec::new(
+            Opts::new(
+                "starmesh_operator_scaling_decisions_total",
+                "Autoscaling decisions (split, merge, servers_up, servers_down, shards_up, shards_down, shard_drain, shard_drain_cancelled), by layout",
+            ),
+            &["namespace", "layout", "action"],
+        )?;
+        let oldest_drain = GaugeVec::new(
+            Opts::new(
+                "starmesh_operator_oldest_drain_seconds",
+                "Age of the oldest unfinished game-server drain of a layout (0: none)",
+            ),
+            &["namespace", "layout"],
+        )?;
+        registry.register(Box::new(scaling_decisions.clone()))?;
+        registry.register(Box::new(oldest_drain.clone()))?;
+        Ok(Metrics {
+            described: registry.described(),
+            registry: registry.registry(),
+            reconciles,
+            errors,
+            duration,
+            leader,
+            scaling_decisions,
+            oldest_drain,
+        })
+    }
+
+    pub fn scaling_decision(&self, namespace: &str, layout: &str, action: &str) {
+        self.scaling_decisions.with_label_values(&[namespace, layout, action]).inc();
+    }
+
+    pub fn set_oldest_drain(&self, namespace: &str, layout: &str, seconds: f64) {
+        self.oldest_drain.with_label_values(&[namespace, layout]).set(seconds);
+    }
+
+    /// A deleted layout's series go away with it.
+    pub fn forget_layout(&self, namespace: &str, layout: &str) {
+        let _ = self.oldest_drain.remove_label_values(&[namespace, layout]);
     }
 
     /// Counts a reconcile and times it until the guard drops.
@@ -145,8 +190,12 @@ mod tests {
         drop(m.reconcile("ServerLayout"));
         m.reconcile_failure("ServerLayout", "api_409");
         m.leader.set(1);
+        m.scaling_decision("ns", "pyro", "split");
+        m.set_oldest_drain("ns", "pyro", 3.0);
         let text = m.render().expect("render");
         for name in [
+            "starmesh_operator_scaling_decisions_total{action=\"split\",layout=\"pyro\",namespace=\"ns\"} 1",
+            "starmesh_operator_oldest_drain_seconds{layout=\"pyro\",namespace=\"ns\"} 3",
             "starmesh_operator_reconciles_total{resource=\"ServerLayout\"} 1",
             "starmesh_operator_reconcile_errors_total{reason=\"api_409\",resource=\"ServerLayout\"} 1",
             "starmesh_operator_reconcile_duration_seconds_count{resource=\"ServerLayout\"} 1",

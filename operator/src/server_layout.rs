@@ -33,14 +33,14 @@ use kube::{
 };
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::json;
-use starmesh_api::{ServerLayout, StarSystem};
+use starmesh_api::{LayoutMode, ServerLayout, StarSystem};
 
 use crate::{
-    Ctx, Error, Result,
+    Ctx, Error, Result, admin, autoscaler,
     builders::{self, FIELD_MANAGER, FINALIZER, LayoutRef, ShardIps},
     checks::{SystemLookup, check_server_layout},
     conditions::{self, VALID},
-    players,
+    gate_peers, players,
     status::{self, ShardObservation, StatusInput},
 };
 
@@ -129,14 +129,28 @@ async fn apply_layout(layout: &ServerLayout, apis: &Apis, ctx: &Ctx) -> Result<A
     let (sts_before, deps_before) = apis.observe(&name).await?;
     let before = status::observe(&sts_before, &deps_before);
 
+    // Autoscaling (dynamic layouts, operator in the cluster): decide and drain first,
+    // so the applies below carry the decided server counts.
+    let now_s = Timestamp::now().as_second();
+    let autoscaling = verdict.is_ok() && system.is_some() && ctx.player_counts;
+    let prom = if autoscaling { autoscaler::prometheus_counts(layout).await } else { None };
+    let pass = if autoscaling && layout.spec.mode == LayoutMode::Dynamic {
+        autoscaler::cells_pass(layout, &apis.services, &before, prom.as_ref(), now_s).await
+    } else {
+        autoscaler::LayoutPass::default()
+    };
+    let replicas = pass.replicas(&before);
+
     let mut apply_error = None;
     let mut shards = before.clone();
     let mut ips = Vec::new();
+    let mut peers_pending = false;
     if let (Ok(()), Some(system)) = (&verdict, &system) {
-        match apply_children(&lref, system, apis).await {
-            Ok((after, shard_ips)) => {
+        match apply_children(&lref, system, apis, &replicas).await {
+            Ok((after, shard_ips, peers_complete)) => {
                 shards = after;
                 ips = shard_ips;
+                peers_pending = !peers_complete;
             }
             Err(e) => {
                 tracing::warn!(layout = %name, error = %e, "applying children failed");
@@ -147,6 +161,43 @@ async fn apply_layout(layout: &ServerLayout, apis: &Apis, ctx: &Ctx) -> Result<A
 
     let players =
         if ctx.player_counts { count_players(&shards, &ips).await } else { BTreeMap::new() };
+    let reference = layout.object_ref(&());
+    // Shard autoscaling: players per shard from this pass (dynamic) or the scrape.
+    let mut shard_decisions = Vec::new();
+    let mut layout_scaling = status::LayoutScaling::default();
+    if autoscaling && layout.spec.shard_autoscaling.is_some() {
+        let counts: Vec<Option<u64>> = match (&prom, layout.spec.mode) {
+            (Some(Ok(m)), _) => (0..layout.spec.shards.max(0))
+                .map(|i| {
+                    Some(m.get(&i).map_or(0, |l| l.iter().map(|c| u64::from(c.players)).sum()))
+                })
+                .collect(),
+            (Some(Err(_)), _) => Vec::new(),
+            (None, LayoutMode::Dynamic) => pass.shard_players(layout.spec.shards),
+            (None, LayoutMode::Static) => (0..layout.spec.shards.max(0))
+                .map(|i| {
+                    players
+                        .get(&i)
+                        .map(|t| t.values().map(|v| u64::try_from(*v).unwrap_or(0)).sum())
+                })
+                .collect(),
+        };
+        if counts.len() == usize::try_from(layout.spec.shards.max(0)).unwrap_or(0) {
+            let (ls, decisions) =
+                autoscaler::shards_pass(layout, &apis.layouts, &counts, now_s).await?;
+            layout_scaling = ls;
+            shard_decisions = decisions;
+        }
+    } else if let Some(prev) = &layout.status {
+        // Shard autoscaling cannot read counts this time: keep what it said.
+        if layout.spec.shard_autoscaling.is_some() {
+            layout_scaling = status::LayoutScaling {
+                draining_shard: prev.draining_shard,
+                last_shard_scale_time: prev.last_shard_scale_time.clone(),
+                memory: prev.shard_autoscale.clone(),
+            };
+        }
+    }
     let now = Time(Timestamp::now());
     let apply_message = apply_error.as_ref().map(ToString::to_string);
     let next = status::layout_status(&StatusInput {
@@ -160,6 +211,23 @@ async fn apply_layout(layout: &ServerLayout, apis: &Apis, ctx: &Ctx) -> Result<A
         players: &players,
         now: &now,
     });
+    let carried: BTreeMap<i32, autoscaler::ShardScaling> = if pass.shards.is_empty() {
+        previous
+            .shard_statuses
+            .iter()
+            .map(|s| (s.index, autoscaler::ShardScaling::carried(s)))
+            .collect()
+    } else {
+        pass.shards.clone()
+    };
+    let next = status::with_scaling(
+        next,
+        &carried,
+        &layout_scaling,
+        &pass.stuck,
+        &previous.conditions,
+        &now,
+    );
     if next != previous {
         let patch = json!({
             "apiVersion": "starmesh.dev/v1alpha1",
@@ -169,7 +237,18 @@ async fn apply_layout(layout: &ServerLayout, apis: &Apis, ctx: &Ctx) -> Result<A
         apis.layouts.patch_status(&name, &apply_params(), &Patch::Apply(&patch)).await?;
     }
 
-    let reference = layout.object_ref(&());
+    let ns = layout.namespace().unwrap_or_default();
+    autoscaler::publish(ctx, &reference, &ns, &name, &pass.decisions, &pass.notices).await;
+    autoscaler::publish(ctx, &reference, &ns, &name, &shard_decisions, &[]).await;
+    ctx.metrics.set_oldest_drain(&ns, &name, pass.oldest_drain(now_s) as f64);
+    // A drain overdue: one Warning when the condition turns to it, not every pass.
+    if conditions::changed(&previous.conditions, &next.conditions, conditions::DEGRADED)
+        && let Some(c) = conditions::find(&next.conditions, conditions::DEGRADED)
+        && c.reason == "DrainStuck"
+    {
+        let ev = event(EventType::Warning, "DrainStuck", "Drain", c.message.clone());
+        ctx.recorder.publish(&ev, &reference).await?;
+    }
     for ev in shard_events(&before, &shards, verdict.is_ok() && apply_error.is_none()) {
         ctx.recorder.publish(&ev, &reference).await?;
     }
@@ -201,12 +280,27 @@ async fn apply_layout(layout: &ServerLayout, apis: &Apis, ctx: &Ctx) -> Result<A
         // A missing system is watched (a new StarSystem wakes its layouts), but a slow
         // requeue heals a missed event cheaply.
         Err(_) => Action::requeue(Duration::from_secs(60)),
+        // Autoscaled layouts react within seconds (which also covers the gate peers' retry).
+        Ok(())
+            if next.shards > 0
+                && ctx.player_counts
+                && (layout.spec.mode == LayoutMode::Dynamic
+                    || layout.spec.shard_autoscaling.is_some()) =>
+        {
+            Action::requeue(autoscaler::AUTOSCALE_INTERVAL)
+        }
         // While shards run, the player counts in the status stay live.
         Ok(()) if next.shards > 0 && ctx.player_counts => Action::requeue(PLAYER_COUNT_INTERVAL),
+        // A gate's target layout is missing or has no Services yet: its addresses go into
+        // our mesh map as soon as they exist (nothing watches the other layout for us).
+        Ok(()) if peers_pending => Action::requeue(PEER_RETRY_INTERVAL),
         Ok(()) if next.ready_shards < next.shards => Action::requeue(Duration::from_secs(30)),
         Ok(()) => Action::requeue(Duration::from_secs(300)),
     })
 }
+
+/// How often a layout whose gate peers are incomplete is requeued to look for them.
+pub const PEER_RETRY_INTERVAL: Duration = Duration::from_secs(10);
 
 /// How often a layout with shards is requeued to refresh its player counts.
 pub const PLAYER_COUNT_INTERVAL: Duration = Duration::from_secs(10);
@@ -233,12 +327,14 @@ async fn count_players(
 }
 
 /// Applies every child of a valid layout and deletes the shards beyond `spec.shards`.
-/// Returns the shards' state as the API server answered the applies, and their Service IPs.
+/// Returns the shards' state as the API server answered the applies, their Service IPs,
+/// and whether the gate peers in the mesh map are complete.
 async fn apply_children(
     l: &LayoutRef<'_>,
     system: &StarSystem,
     apis: &Apis,
-) -> Result<(BTreeMap<i32, ShardObservation>, Vec<ShardIps>)> {
+    replicas: &BTreeMap<i32, i32>,
+) -> Result<(BTreeMap<i32, ShardObservation>, Vec<ShardIps>, bool)> {
     let shards = l.spec.shards.max(0);
     // Services first: the mesh map needs their cluster IPs, and pods created afterwards
     // mount a map that already has every address.
@@ -251,20 +347,23 @@ async fn apply_children(
             |s: &Service| s.spec.as_ref().and_then(|s| s.cluster_ip.clone()).unwrap_or_default();
         ips.push(ShardIps { index: i, replicant: ip(&rep), gateway: ip(&gw) });
     }
-    let map = builders::mesh_map(l, &ips);
+    let (peers, peers_complete) =
+        gate_peers::resolve(system, &apis.layouts, &apis.services).await?;
+    let map = builders::mesh_map(l, &ips, &peers);
     let cm = builders::mesh_map_configmap(l, system, &map).map_err(Error::Serialization)?;
     apply(&apis.configmaps, &cm).await?;
 
-    let servers = builders::servers_per_shard(l.spec);
     let mut sts = Vec::new();
     let mut deps = Vec::new();
     for i in 0..shards {
+        // Dynamic: the autoscaler's count (or the current one); static: the list.
+        let servers = builders::servers_for_shard(l.spec, replicas.get(&i).copied());
         sts.push(apply(&apis.statefulsets, &builders::replicant_statefulset(l, i)).await?);
         sts.push(apply(&apis.statefulsets, &builders::servers_statefulset(l, i, servers)).await?);
         deps.push(apply(&apis.deployments, &builders::gateway_deployment(l, i)).await?);
     }
     delete_shards_from(l, shards, apis).await?;
-    Ok((status::observe(&sts, &deps), ips))
+    Ok((status::observe(&sts, &deps), ips, peers_complete))
 }
 
 /// Deletes every child (StatefulSets, Deployments, Services) of shards `>= from`.
@@ -370,12 +469,14 @@ async fn remove_finalizer(layout: &ServerLayout, api: &Api<ServerLayout>) -> Res
     }
 }
 
-/// The drain step of a deleted layout: scale every shard's game servers to zero so they
-/// stop cleanly (SIGTERM, grace period) before garbage collection removes the rest, then
-/// release the finalizer. Waits at most [`DRAIN_DEADLINE`] after the deletion request.
-///
-/// Issue 8 adds the real drain: first asking each replicant (admin API) to move the
-/// servers' territories away and persist, and waiting for it to confirm.
+/// The drain step of a deleted layout: first each shard's replicant is asked (Admin
+/// `Drain`) to stop granting cells to every game server of the shard, highest ordinal
+/// first, so the servers stop simulating while the replicant still holds and persists
+/// every entity; then the game servers are scaled to zero so they stop cleanly
+/// (SIGTERM, grace period) before garbage collection removes the rest, and the finalizer
+/// is released. Waits at most [`DRAIN_DEADLINE`] after the deletion request for the pods
+/// to stop: a cluster that cannot stop pods must still be able to delete a layout (the
+/// entities are the replicant's, already persisted, so nothing is lost by going on).
 async fn drain(layout: &ServerLayout, apis: &Apis, ctx: &Ctx) -> Result<Action> {
     if !layout.finalizers().iter().any(|f| f == FINALIZER) {
         return Ok(Action::await_change());
@@ -389,10 +490,17 @@ async fn drain(layout: &ServerLayout, apis: &Apis, ctx: &Ctx) -> Result<Action> 
     let lref =
         LayoutRef::new(layout, &ctx.node_image).ok_or(Error::MissingObjectKey("metadata.uid"))?;
     let mut remaining = 0;
+    let mut drained = Vec::new();
     for s in &servers {
         if s.spec.replicas.unwrap_or(0) != 0
             && let Some(shard) = status::shard_of(*s)
         {
+            if ctx.player_counts {
+                let n = s.spec.replicas.unwrap_or(0);
+                drained.push(
+                    drain_shard_servers(&apis.services, &name, shard, &s.name_any(), n).await,
+                );
+            }
             // The same apply as always, with zero replicas: one field manager owns it all.
             apply(&apis.statefulsets, &builders::servers_statefulset(&lref, shard, 0)).await?;
         }
@@ -418,6 +526,9 @@ async fn drain(layout: &ServerLayout, apis: &Apis, ctx: &Ctx) -> Result<Action> 
             servers.len()
         )
     };
+    if !drained.is_empty() {
+        tracing::info!(layout = %name, "drain through the replicants: {}", drained.join("; "));
+    }
     let kind = if remaining > 0 { EventType::Warning } else { EventType::Normal };
     // Best effort: the layout is going away, a lost Event must not block deletion.
     if let Err(e) = ctx.recorder.publish(&event(kind, "Drained", "Drain", note), &reference).await {
@@ -426,6 +537,41 @@ async fn drain(layout: &ServerLayout, apis: &Apis, ctx: &Ctx) -> Result<Action> 
     remove_finalizer(layout, &apis.layouts).await?;
     tracing::info!(layout = %name, "drained; finalizer removed");
     Ok(Action::await_change())
+}
+
+/// Asks shard `shard`'s replicant to drain its `n` game servers, highest ordinal first.
+/// Returns what happened, for the log (a replicant that cannot be reached is reported,
+/// not waited for: the layout is being deleted and the replicant persists anyway).
+async fn drain_shard_servers(
+    services: &Api<Service>,
+    layout: &str,
+    shard: i32,
+    statefulset: &str,
+    n: i32,
+) -> String {
+    let addr = match autoscaler::replicant_service(services, layout, shard).await {
+        Ok(Some(svc)) => svc
+            .spec
+            .and_then(|s| s.cluster_ip)
+            .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
+            .zip(u16::try_from(builders::REPLICANT_GRPC_PORT).ok())
+            .map(|(ip, port)| std::net::SocketAddr::new(ip, port)),
+        _ => None,
+    };
+    let Some(addr) = addr else { return format!("shard {shard}: no replicant Service") };
+    let mut client = match admin::connect(addr).await {
+        Ok(c) => c,
+        Err(e) => return format!("shard {shard}: {e}"),
+    };
+    let mut out = Vec::new();
+    for k in (0..n).rev() {
+        let server = autoscaler::server_name(statefulset, k);
+        match admin::drain(&mut client, &server).await {
+            Ok(left) => out.push(format!("{server} ({left} cell(s) left)")),
+            Err(e) => out.push(e),
+        }
+    }
+    format!("shard {shard}: {}", out.join(", "))
 }
 
 pub fn error_policy(_layout: Arc<ServerLayout>, error: &Error, ctx: Ctx) -> Action {

@@ -160,10 +160,61 @@ pub fn layout_status(input: &StatusInput<'_>) -> ServerLayoutStatus {
                 servers: s.servers_desired,
                 gateway_ready: s.gateway_desired > 0 && s.gateway_available >= s.gateway_desired,
                 players: shard_players(s.index),
+                ..Default::default()
             })
             .collect(),
         territories,
+        ..Default::default()
     }
+}
+
+/// What the autoscaler decided for the whole layout (shard autoscaling).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LayoutScaling {
+    pub draining_shard: Option<i32>,
+    pub last_shard_scale_time: Option<String>,
+    pub memory: Option<starmesh_api::autoscale::ShardMemory>,
+}
+
+/// Adds the autoscaler's state to a status computed by [`layout_status`]: per shard the
+/// cells, wanted servers, drains and memory; for the layout the draining shard. A drain
+/// overdue (`stuck`) makes `Degraded` True with reason `DrainStuck`, unless something
+/// worse already made it True. Pure.
+pub fn with_scaling(
+    mut status: ServerLayoutStatus,
+    shards: &BTreeMap<i32, crate::autoscaler::ShardScaling>,
+    layout: &LayoutScaling,
+    stuck: &[String],
+    previous: &[Condition],
+    now: &Time,
+) -> ServerLayoutStatus {
+    for s in &mut status.shard_statuses {
+        let Some(a) = shards.get(&s.index) else { continue };
+        s.servers_wanted = a.servers_wanted;
+        s.cells = a.cells.clone();
+        s.partition_version = a.partition_version;
+        s.last_scale_time = a.last_scale_time.clone();
+        s.draining_servers = a.draining_servers.clone();
+        s.autoscale = a.memory.clone();
+    }
+    status.draining_shard = layout.draining_shard;
+    status.last_shard_scale_time = layout.last_shard_scale_time.clone();
+    status.shard_autoscale = layout.memory.clone();
+    let degraded_already =
+        conditions::find(&status.conditions, DEGRADED).is_some_and(|c| c.status == "True");
+    if !stuck.is_empty() && !degraded_already {
+        let d = Desired::new(DEGRADED, true, "DrainStuck", stuck.join("; "));
+        let merged =
+            conditions::merge(previous, std::slice::from_ref(&d), status.observed_generation, now);
+        for c in &mut status.conditions {
+            if c.type_ == DEGRADED
+                && let Some(m) = merged.first()
+            {
+                *c = m.clone();
+            }
+        }
+    }
+    status
 }
 
 fn desired_conditions(input: &StatusInput<'_>, existing: i32, ready_shards: i32) -> Vec<Desired> {
@@ -434,6 +485,46 @@ mod tests {
         let s = layout_status(&StatusInput { apply_error: Some("boom"), ..input_like(&spec, &ok) });
         assert_eq!(cond(&s, DEGRADED).reason, "ApplyFailed");
         assert_eq!(cond(&s, READY).message, "boom");
+    }
+
+    #[test]
+    fn scaling_state_goes_into_the_shards_and_a_stuck_drain_degrades() {
+        let spec = layout_spec();
+        let ok = Ok(());
+        let shards = BTreeMap::from([(0, ShardObservation { index: 0, ..Default::default() })]);
+        let base = layout_status(&StatusInput { shards: &shards, ..input_like(&spec, &ok) });
+        assert_eq!(cond(&base, DEGRADED).status, "False");
+        let scaling = BTreeMap::from([(
+            0,
+            crate::autoscaler::ShardScaling {
+                servers_wanted: Some(3),
+                cells: vec![starmesh_api::CellStatus {
+                    cell: "hurston/0".into(),
+                    server: "s-0".into(),
+                    players: 9,
+                }],
+                partition_version: Some(2),
+                ..Default::default()
+            },
+        )]);
+        let layout = LayoutScaling { draining_shard: Some(1), ..Default::default() };
+        let s = with_scaling(base.clone(), &scaling, &layout, &[], &[], &now());
+        assert_eq!(s.shard_statuses[0].servers_wanted, Some(3));
+        assert_eq!(s.shard_statuses[0].cells[0].cell, "hurston/0");
+        assert_eq!(s.draining_shard, Some(1));
+        assert_eq!(cond(&s, DEGRADED).status, "False");
+        let stuck = ["shard 0: s-2 still draining".to_string()];
+        let s = with_scaling(base, &scaling, &layout, &stuck, &[], &now());
+        assert_eq!(
+            (cond(&s, DEGRADED).status.as_str(), cond(&s, DEGRADED).reason.as_str()),
+            ("True", "DrainStuck")
+        );
+        assert!(cond(&s, DEGRADED).message.contains("s-2"));
+        // An invalid spec's Degraded is not masked.
+        let bad =
+            layout_status(&StatusInput { apply_error: Some("boom"), ..input_like(&spec, &ok) });
+        let s = with_scaling(bad, &scaling, &layout, &stuck, &[], &now());
+        assert_eq!(cond(&s, DEGRADED).reason, "ApplyFailed");
     }
 
     #[test]

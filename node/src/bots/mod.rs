@@ -32,7 +32,13 @@ pub struct BotsConfig {
     pub speed: f64,
     /// How often each bot sends a command (a latency probe).
     pub probe_interval: Duration,
+    /// Mint each bot's player token with this key (the gateway's); `None` for a
+    /// gateway in development mode.
+    pub token_key: Option<crate::gateway::auth::TokenKey>,
 }
+
+/// How long a bot's token is valid: a run re-mints at every join.
+const BOT_TOKEN_TTL_SECS: u64 = 3600;
 
 /// Jump-gate behaviour of the bots (`starmesh bots --gate-share ...`).
 #[derive(Clone, Debug)]
@@ -435,7 +441,14 @@ async fn bot(i: usize, ch: tonic::transport::Channel, ctx: Ctx<'_>, mut stop: St
                 res.obs.finish();
                 return res;
             }
-            match client.join(pb::JoinRequest { name: name.clone() }).await {
+            let token = match &cfg.token_key {
+                Some(k) => {
+                    let exp = crate::gateway::auth::now_unix() + BOT_TOKEN_TTL_SECS;
+                    k.mint(&name, exp).unwrap_or_default()
+                }
+                None => String::new(),
+            };
+            match client.join(pb::JoinRequest { name: name.clone(), token }).await {
                 Ok(r) => break r.into_inner(),
                 Err(e) => {
                     if Instant::now() > end(&res.obs) {
@@ -728,6 +741,9 @@ pub struct BotsArgs {
     /// as a violation, e.g. `30s`.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub gate_bound: Duration,
+    /// The gateway's player token key file: each bot mints its own token with it.
+    #[arg(long, env = "STARMESH_PLAYER_TOKEN_KEY")]
+    pub player_token_key: Option<std::path::PathBuf>,
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -757,6 +773,11 @@ pub fn main(a: BotsArgs) -> anyhow::Result<()> {
         prefix: a.prefix,
         speed: a.speed.min(crate::wire::validate::MAX_SPEED_KM_S),
         probe_interval: Duration::from_millis(a.probe_ms.max(1)),
+        token_key: a
+            .player_token_key
+            .as_deref()
+            .map(crate::gateway::auth::TokenKey::from_file)
+            .transpose()?,
     };
     anyhow::ensure!((0.0..=1.0).contains(&a.gate_share), "--gate-share must be in 0..=1");
     let gates = GateOptions { share: a.gate_share, bound: a.gate_bound };

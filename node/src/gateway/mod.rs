@@ -9,7 +9,9 @@
 //! validated, and the player's ship is created by whichever game server owns
 //! its spawn point (`placement`).
 
+pub mod auth;
 pub mod bubble;
+pub mod deadline;
 pub mod placement;
 pub mod rate_limit;
 
@@ -23,7 +25,7 @@ use futures::Stream;
 use prometheus::{IntCounter, IntGauge, Registry};
 use prost::Message;
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::model::{EntityId, PlayerId, Vec3};
@@ -48,6 +50,10 @@ const LINK_QUEUE: usize = 16_384;
 /// Batches in flight to one player; beyond that the coalescer holds the rest.
 const PLAYER_QUEUE: usize = 4;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 keepalive to players: a ping every PING_INTERVAL, unanswered for PING_TIMEOUT
+/// ends the connection.
+const PING_INTERVAL: Duration = Duration::from_secs(15);
+const PING_TIMEOUT: Duration = Duration::from_secs(10);
 const SPAWN_RETRY: Duration = Duration::from_millis(500);
 /// Players with an open stream on one gateway; more are refused, so memory is bounded.
 pub const MAX_PLAYERS: usize = 200_000;
@@ -74,6 +80,8 @@ pub const PLAYERS_PER_LINK: usize = 100;
 
 pub struct Metrics {
     pub registry: Registry,
+    /// Every family registered, for the metric reference (`node-reference`).
+    pub described: Vec<starmesh_api::reference::MetricDoc>,
     pub players: IntGauge,
     pub joins: IntCounter,
     pub inputs_forwarded: IntCounter,
@@ -86,11 +94,12 @@ pub struct Metrics {
     pub bad_messages: IntCounter,
     pub spawn_requests: IntCounter,
     pub gate_transfers: IntCounter,
+    pub auth_refused: IntCounter,
 }
 
 impl Metrics {
-    fn new() -> Self {
-        let r = Registry::new();
+    pub(crate) fn new() -> Self {
+        let r = starmesh_api::reference::MetricCatalog::new();
         let c = |n: &str, h: &str| {
             let c = IntCounter::new(n, h).expect("valid metric");
             // Names are static and unique, so registration cannot fail.
@@ -140,7 +149,12 @@ impl Metrics {
                 "starmesh_gateway_gate_transfers_total",
                 "Players told their ship left through a jump gate (Transferred)",
             ),
-            registry: r,
+            auth_refused: c(
+                "starmesh_gateway_auth_refused_total",
+                "Join or Play refused for a missing, malformed, forged or expired token",
+            ),
+            described: r.described(),
+            registry: r.registry(),
         }
     }
 
@@ -224,6 +238,11 @@ impl Slot {
 pub struct Hub {
     cfg: GatewayConfig,
     world: World,
+    /// The player token key; `None` is development mode (a name is a player).
+    token_key: Option<auth::TokenKey>,
+    /// Gateways of other systems, by system: `world.peers` at start, replaced while
+    /// running ([`Hub::set_peers`]: the mesh map in a cluster).
+    peers: Mutex<HashMap<String, String>>,
     pub metrics: Metrics,
     players: Mutex<HashMap<PlayerId, Arc<Slot>>>,
     /// One sender per replicant link (`None` while it is down).
@@ -238,14 +257,35 @@ impl Hub {
 
     /// A hub whose players are spread over `links` replicant streams.
     pub fn with_links(cfg: GatewayConfig, world: World, links: usize) -> Arc<Self> {
+        Self::with_auth(cfg, world, links, None)
+    }
+
+    /// A hub that admits only players with a token signed with `key` (`None`: any name).
+    pub fn with_auth(
+        cfg: GatewayConfig,
+        world: World,
+        links: usize,
+        key: Option<auth::TokenKey>,
+    ) -> Arc<Self> {
         Arc::new(Self {
+            token_key: key,
             links: (0..links.max(1)).map(|_| Mutex::new(None)).collect(),
             cfg,
+            peers: Mutex::new(world.peers.clone()),
             world,
             metrics: Metrics::new(),
             players: Mutex::new(HashMap::new()),
             started: Instant::now(),
         })
+    }
+
+    /// Replaces the gateways of other systems: players transferred from now on are sent
+    /// to these.
+    pub fn set_peers(&self, peers: &[(String, String)]) {
+        let next: HashMap<String, String> = peers.iter().cloned().collect();
+        let mut cur = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        log_peer_changes(&cur, &next);
+        *cur = next;
     }
 
     /// Ready: every replicant link is up.
@@ -367,7 +407,13 @@ impl Hub {
         let Some(g) = gate else { return };
         let msg = pb::Transferred {
             system: g.target_system.clone(),
-            gateway: self.world.peers.get(&g.target_system).cloned().unwrap_or_default(),
+            gateway: self
+                .peers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&g.target_system)
+                .cloned()
+                .unwrap_or_default(),
             gate: g.target_gate.clone(),
             entity_id: s.entity,
         };
@@ -531,20 +577,39 @@ impl pb::player_link_server::PlayerLink for Svc {
         &self,
         req: Request<pb::JoinRequest>,
     ) -> Result<Response<pb::JoinResponse>, Status> {
-        let name = req.into_inner().name;
+        let hub = &self.0;
+        let req = req.into_inner();
+        let (name, token) = match &hub.token_key {
+            Some(key) => {
+                let name = key.verify(&req.token, auth::now_unix()).map_err(|e| {
+                    hub.metrics.auth_refused.inc();
+                    Status::from(e)
+                })?;
+                if !req.name.is_empty() && req.name != name {
+                    hub.metrics.auth_refused.inc();
+                    return Err(Status::permission_denied(
+                        "starmesh.auth: the token is for another player",
+                    ));
+                }
+                (name, req.token)
+            }
+            None => {
+                let token = placement::token_for(&req.name);
+                (req.name, token)
+            }
+        };
         if !placement::valid_name(&name) {
             return Err(Status::invalid_argument(
                 "starmesh.player: name must be 1-64 printable ASCII characters",
             ));
         }
-        let hub = &self.0;
         let player = placement::player_id(&name);
         let spawn = hub.world.spawn_for(player);
         hub.metrics.joins.inc();
         Ok(Response::new(pb::JoinResponse {
             player_id: player,
             entity_id: placement::ship_of(player),
-            token: placement::token_for(&name),
+            token,
             spawn: spawn.location,
             destinations: hub.world.destinations.clone(),
             input_rate: hub.cfg.input_rate,
@@ -573,8 +638,19 @@ impl pb::player_link_server::PlayerLink for Svc {
                 ));
             }
         };
-        let Some((_name, player)) = placement::player_for_token(&token) else {
-            return Err(Status::unauthenticated("starmesh.player: unknown token"));
+        // The player comes from the token alone: nobody acts on another's ship.
+        let player = match &hub.token_key {
+            Some(key) => match key.verify(&token, auth::now_unix()) {
+                Ok(name) => placement::player_id(&name),
+                Err(e) => {
+                    hub.metrics.auth_refused.inc();
+                    return Err(e.into());
+                }
+            },
+            None => match placement::player_for_token(&token) {
+                Some((_, player)) => player,
+                None => return Err(Status::unauthenticated("starmesh.player: unknown token")),
+            },
         };
         let (slot, generation) = hub.open_stream(player)?;
         // A fresh stream starts from a fresh view: drop what the last one had
@@ -740,6 +816,19 @@ pub async fn serve_with_links(
     metrics_listen: std::net::SocketAddr,
     links: usize,
 ) -> anyhow::Result<Running> {
+    serve_with_auth(cfg, world, listen, metrics_listen, links, None).await
+}
+
+/// `serve_with_links` admitting only players with a token signed with `key`; without a
+/// key, development mode: any name is a player (logged loudly, once).
+pub async fn serve_with_auth(
+    cfg: GatewayConfig,
+    world: World,
+    listen: std::net::SocketAddr,
+    metrics_listen: std::net::SocketAddr,
+    links: usize,
+    key: Option<auth::TokenKey>,
+) -> anyhow::Result<Running> {
     anyhow::ensure!(
         cfg.bubble_radius.is_finite()
             && cfg.bubble_radius > 0.0
@@ -747,7 +836,12 @@ pub async fn serve_with_links(
         "bubble radius must be in (0, {MAX_RADIUS_KM}] km"
     );
     anyhow::ensure!(cfg.input_rate.is_finite() && cfg.input_rate > 0.0, "input rate must be > 0");
-    let hub = Hub::with_links(cfg, world, links);
+    if key.is_none() {
+        tracing::warn!(
+            "DEVELOPMENT MODE: no --player-token-key, so anyone can join as any player name"
+        );
+    }
+    let hub = Hub::with_auth(cfg, world, links, key);
     let grpc = tokio::net::TcpListener::bind(listen).await?;
     let metrics = tokio::net::TcpListener::bind(metrics_listen).await?;
     let (grpc_addr, metrics_addr) = (grpc.local_addr()?, metrics.local_addr()?);
@@ -767,11 +861,16 @@ pub async fn serve_with_links(
             // Thousands of players may share few connections (HTTP/2 streams).
             .max_concurrent_streams(Some(100_000))
             .tcp_nodelay(true)
+            // A player whose machine vanished (half-open TCP, no FIN) is found by HTTP/2
+            // pings: unanswered for PING_TIMEOUT, the connection and its streams end and
+            // the player is detached. Before the handshake, `deadline` bounds the wait.
+            .http2_keepalive_interval(Some(PING_INTERVAL))
+            .http2_keepalive_timeout(Some(PING_TIMEOUT))
             .add_service(
                 pb::player_link_server::PlayerLinkServer::new(svc)
                     .max_decoding_message_size(MAX_PLAYER_MESSAGE_BYTES),
             )
-            .serve_with_incoming(TcpListenerStream::new(grpc))
+            .serve_with_incoming(deadline::incoming(grpc, deadline::HANDSHAKE_TIMEOUT))
             .await;
         if let Err(e) = r {
             tracing::error!(error = %e, "gateway gRPC server ended");
@@ -918,15 +1017,35 @@ pub struct GatewayArgs {
     /// Streams to the replicant (each carries about 100 players well; see PLAYERS_PER_LINK).
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub replicant_links: u16,
+    /// File holding the key player tokens are signed with (at least 32 bytes; in
+    /// Kubernetes a Secret mounted there). Without it: development mode, any name joins.
+    #[arg(long, env = "STARMESH_PLAYER_TOKEN_KEY")]
+    pub player_token_key: Option<std::path::PathBuf>,
 }
 
 /// The `starmesh gateway` role.
 pub fn main(a: GatewayArgs) -> anyhow::Result<()> {
     let files: Vec<std::path::PathBuf> = a.system.iter().chain(a.layout.iter()).cloned().collect();
     let world = if files.is_empty() { World::empty() } else { World::load(&files)? };
-    let world = world.with_peers(&a.gateway_peers);
     let replicant =
         crate::mesh_map::resolve_replicant(a.replicant.as_deref(), a.mesh_map.as_deref(), a.shard)?;
+    // The mesh map's gateway peers: read now, then followed (the target layout may come later).
+    let from_map = match &a.mesh_map {
+        Some(path) => {
+            match crate::mesh_map::MeshMap::load(path).and_then(|m| m.gateway_peers(a.shard)) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no gateway peers from the mesh map yet");
+                    Some(Vec::new())
+                }
+            }
+        }
+        None => None,
+    };
+    let peers =
+        crate::mesh_map::merge_peers(&a.gateway_peers, from_map.as_deref().unwrap_or_default());
+    log_peer_changes(&HashMap::new(), &peers.iter().cloned().collect());
+    let world = world.with_peers(&peers);
     let cfg = GatewayConfig {
         replicant,
         input_rate: a.input_rate,
@@ -934,13 +1053,36 @@ pub fn main(a: GatewayArgs) -> anyhow::Result<()> {
         bubble_radius: a.bubble_radius,
     };
     let links = usize::from(a.replicant_links);
+    let key = a.player_token_key.as_deref().map(auth::TokenKey::from_file).transpose()?;
     tokio::runtime::Runtime::new()?.block_on(async move {
-        let r = serve_with_links(cfg, world, a.listen, a.metrics, links).await?;
+        let r = serve_with_auth(cfg, world, a.listen, a.metrics, links, key).await?;
+        if let (Some(path), Some(initial)) = (a.mesh_map.clone(), from_map) {
+            let (hub, explicit, shard) = (r.hub.clone(), a.gateway_peers.clone(), a.shard);
+            crate::mesh_map::follow(
+                path,
+                crate::mesh_map::FOLLOW_INTERVAL,
+                initial,
+                move |m| m.gateway_peers(shard),
+                move |p| hub.set_peers(&crate::mesh_map::merge_peers(&explicit, p)),
+            );
+        }
         // Tests and tools parse this line to learn the bound addresses.
         println!("starmesh gateway listening grpc={} metrics={}", r.grpc_addr, r.metrics_addr);
         crate::signal::terminate().await?;
         Ok(())
     })
+}
+
+/// One line per gateway peer added, moved or removed (operators grep for these).
+fn log_peer_changes(old: &HashMap<String, String>, next: &HashMap<String, String>) {
+    for (system, addr) in next {
+        if old.get(system) != Some(addr) {
+            tracing::info!("gateway peer: players leaving for {system} are sent to {addr}");
+        }
+    }
+    for system in old.keys().filter(|s| !next.contains_key(*s)) {
+        tracing::warn!("gateway peer removed: players leaving for {system} get no gateway");
+    }
 }
 
 /// `SYSTEM=HOST:PORT` of `--gateway-peer`.

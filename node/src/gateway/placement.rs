@@ -1,8 +1,8 @@
-//! Who a player is and where its ship starts. Development authentication:
-//! any name is accepted and always maps to the same player id and ship, and
-//! the token is derived from the name, so anyone who knows a name can play
-//! as it. That is deliberate for development and load tests; real
-//! authentication comes later and replaces `player_for_token`.
+//! Who a player is and where its ship starts. A name always maps to the same
+//! player id and ship. With a token key (`auth`) the name comes from a signed
+//! token; without one (development mode) any name is accepted and the token is
+//! derived from the name (`token_for`/`player_for_token`), so anyone who knows
+//! a name can play as it.
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -14,13 +14,18 @@ pub struct LocalArgs {
     /// (or the one in --system, when that file holds both).
     #[arg(long)]
     pub layout: Option<PathBuf>,
-    /// Game servers to run. Default: one per server the layout names
-    /// (four for a dynamic layout).
+    /// Game servers to run. Default: one per server the layout names (a
+    /// dynamic layout: its `minServers`; the autoscaler then adds and drains
+    /// servers as its players come and go).
     #[arg(long, value_parser = clap::value_parser!(u32).range(0..=64))]
     pub servers: Option<u32>,
     /// Bot players to fly around.
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(0..=100_000))]
     pub bots: u32,
+    /// How long the bots fly. Default: the whole run. Shorter shows a
+    /// dynamic layout scaling back down once they have left.
+    #[arg(long, value_parser = super::duration::parse)]
+    pub bots_for: Option<Duration>,
     /// Folder of the embedded store; the same folder resumes the same world.
     #[arg(long, default_value = "./starmesh-local")]
     pub data: PathBuf,

@@ -10,6 +10,7 @@
 //! store, and only then print the summary and stop the replicant.
 
 pub mod args;
+pub mod autoscaler;
 pub mod defaults;
 pub mod duration;
 pub mod preflight;
@@ -42,8 +43,6 @@ pub const EXIT_ENVIRONMENT: i32 = 1;
 pub const EXIT_LOST: i32 = 3;
 /// How long loading the embedded store may take before giving up.
 const STORE_LOAD_LIMIT: Duration = Duration::from_secs(60);
-/// Game servers a dynamic layout starts with when `--servers` is not given.
-const DYNAMIC_DEFAULT_SERVERS: u32 = 4;
 
 /// The subcommand: runs the mesh and exits with its code.
 pub fn main(args: LocalArgs) -> anyhow::Result<()> {
@@ -234,7 +233,10 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<i32> {
     progress.step(format!("game servers: {live}/{} connected ({})", names.len(), names.join(", ")));
 
     if args.bots > 0 || args.servers != Some(0) {
-        match roles::start_gateway(group.replicant.grpc_addr, &files).await {
+        // A fresh player token key in memory, shared by the gateway and the bots: the
+        // local mesh runs with real authentication and nothing to set up.
+        let key = crate::gateway::auth::TokenKey::random()?;
+        match roles::start_gateway(group.replicant.grpc_addr, &files, &key).await {
             Ok((addr, hub)) => {
                 // Players are let in only once the gateway's link to the
                 // replicant is up: a join before that would wait on retries.
@@ -246,8 +248,11 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<i32> {
                 ));
                 if args.bots > 0 {
                     // Without --duration the bots fly until Ctrl-C.
-                    let fly = args.duration.unwrap_or(Duration::from_secs(365 * 24 * 3600));
-                    group.bots = Some(roles::spawn_bots(addr, args.bots, fly));
+                    let fly = args
+                        .bots_for
+                        .or(args.duration)
+                        .unwrap_or(Duration::from_secs(365 * 24 * 3600));
+                    group.bots = Some(roles::spawn_bots(addr, args.bots, fly, &key));
                     progress.step(format!("bots: {} players logging in and flying", args.bots));
                 }
             }
@@ -256,6 +261,31 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<i32> {
             }
         }
     }
+    // A dynamic layout follows its players: splits, merges, servers up and down.
+    let autoscale = (loaded.layout.spec.mode == LayoutMode::Dynamic)
+        .then(|| loaded.layout.spec.dynamic.clone().unwrap_or_default());
+    let decisions = Arc::new(autoscaler::Decisions::default());
+    feed.show_decisions(decisions.clone());
+    let (autoscale_stop, autoscale_stopped) = tokio::sync::watch::channel(false);
+    let autoscale_task = autoscale.map(|cfg| {
+        progress.step(format!(
+            "autoscaler: split above {} players, merge below {}, {}..={} servers, cooldown {}s",
+            cfg.split_above_players,
+            cfg.merge_below_players,
+            cfg.min_servers,
+            cfg.max_servers,
+            cfg.cooldown_seconds
+        ));
+        tokio::spawn(autoscaler::run(
+            group.replicant.shared.clone(),
+            group.servers.clone(),
+            cfg,
+            autoscaler::INTERVAL,
+            decisions.clone(),
+            progress,
+            autoscale_stopped,
+        ))
+    });
     match args.duration {
         Some(d) => {
             progress.step(format!("running for {:.1}s (Ctrl-C stops early)", d.as_secs_f64()))
@@ -264,6 +294,10 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<i32> {
     }
 
     let reason = wait(args.duration).await;
+    let _ = autoscale_stop.send(true);
+    if let Some(t) = autoscale_task {
+        let _ = t.await;
+    }
     progress.step(format!("{reason}: stopping bots and servers, flushing the store"));
     let (bots, flush) =
         group.stop_writers_and_flush(reason == INTERRUPTED, Duration::from_secs(15)).await;
@@ -290,15 +324,15 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<i32> {
 }
 
 /// The static layout's servers (the first N), then spares that own nothing
-/// until a takeover; a dynamic layout's servers are numbered.
+/// until a takeover; a dynamic layout's servers are numbered, `minServers`
+/// of them unless told (the autoscaler adds more as players come).
 fn server_names(layout: &ServerLayout, n: Option<u32>) -> Vec<String> {
     let named: Vec<String> = match layout.spec.mode {
         LayoutMode::Static => layout.spec.servers.iter().map(|s| s.name.clone()).collect(),
         LayoutMode::Dynamic => Vec::new(),
     };
-    let want =
-        n.unwrap_or(if named.is_empty() { DYNAMIC_DEFAULT_SERVERS } else { named.len() as u32 })
-            as usize;
+    let min = layout.spec.dynamic.as_ref().map_or(1, |d| d.min_servers.max(1));
+    let want = n.unwrap_or(if named.is_empty() { min } else { named.len() as u32 }) as usize;
     let prefix = if named.is_empty() { "server" } else { "spare" };
     named.into_iter().chain((1..).map(|i| format!("{prefix}-{i}"))).take(want).collect()
 }

@@ -5,6 +5,7 @@
 use std::io::Write;
 use std::time::Instant;
 
+#[derive(Clone, Copy)]
 pub struct Progress {
     started: Instant,
 }

@@ -38,6 +38,7 @@ pub fn spawn_server(name: &str, replicant: SocketAddr, tick_hz: u32) -> ServerTa
 pub async fn start_gateway(
     replicant: SocketAddr,
     files: &[PathBuf],
+    key: &gateway::auth::TokenKey,
 ) -> anyhow::Result<(SocketAddr, Arc<Hub>)> {
     let world = World::load(files)?;
     let cfg = GatewayConfig {
@@ -47,13 +48,20 @@ pub async fn start_gateway(
         bubble_radius: 5000.0,
     };
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
-    let r = gateway::serve(cfg, world, loopback, loopback).await?;
+    let links = gateway::DEFAULT_LINKS;
+    let r =
+        gateway::serve_with_auth(cfg, world, loopback, loopback, links, Some(key.clone())).await?;
     Ok((r.grpc_addr, r.hub))
 }
 
 /// N bots flying for `duration` (they report when it ends). Names are fixed
 /// (`local-0`, `local-1`, ...) so a resumed run flies the same ships again.
-pub fn spawn_bots(gateway: SocketAddr, n: u32, duration: Duration) -> super::supervisor::Bots {
+pub fn spawn_bots(
+    gateway: SocketAddr,
+    n: u32,
+    duration: Duration,
+    key: &gateway::auth::TokenKey,
+) -> super::supervisor::Bots {
     let cfg = BotsConfig {
         gateway: gateway.to_string(),
         n: n as usize,
@@ -63,6 +71,7 @@ pub fn spawn_bots(gateway: SocketAddr, n: u32, duration: Duration) -> super::sup
         // a short run shows handoffs (the `starmesh bots` default).
         speed: 200_000.0,
         probe_interval: Duration::from_millis(250),
+        token_key: Some(key.clone()),
     };
     let (stop, on_stop) = bots::Stop::new();
     super::supervisor::Bots { task: tokio::spawn(bots::run(cfg, on_stop)), stop }

@@ -73,6 +73,19 @@ impl Servers {
         Some(t)
     }
 
+    /// Stops one server the autoscaler drained (it owns nothing any more, so
+    /// its stream closing moves no authority).
+    pub async fn stop(&self, name: &str) -> bool {
+        match self.remove(name) {
+            Some(t) => {
+                t.task.abort();
+                let _ = t.task.await;
+                true
+            }
+            None => false,
+        }
+    }
+
     pub async fn stop_all(&self) {
         let all: Vec<String> = self.names();
         for name in all {

@@ -4,8 +4,14 @@
 //! Epochs are `generation << 32 | counter`: the generation is persisted and
 //! bumped at every replicant start, so an epoch handed out before a restart
 //! can never equal one handed out after it (fencing survives restarts).
+//!
+//! A dynamic layout's cells are balanced by players (`set_balanced`): each
+//! cell weighs its players + 1, and the cells are spread over the live,
+//! non-draining servers when a server joins, on a drain and when the
+//! partition changes (`repartition`), never on a tick, so load that merely
+//! moves around does not move authority around with it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use crate::model::{ServerName, TerritoryName};
@@ -49,6 +55,10 @@ pub struct Authority {
     generation: u64,
     counter: u64,
     lease: Duration,
+    /// Spread by players (dynamic layouts) rather than keep every live owner.
+    balanced: bool,
+    /// Players per territory, as last told (`set_players`).
+    players: BTreeMap<TerritoryName, u64>,
 }
 
 impl Authority {
@@ -60,7 +70,70 @@ impl Authority {
     ) -> Self {
         let grants =
             territories.into_iter().map(|t| (t, Grant { owner: None, epoch: 0 })).collect();
-        Self { grants, static_owner, servers: BTreeMap::new(), generation, counter: 0, lease }
+        Self {
+            grants,
+            static_owner,
+            servers: BTreeMap::new(),
+            generation,
+            counter: 0,
+            lease,
+            balanced: false,
+            players: BTreeMap::new(),
+        }
+    }
+
+    /// Balance territories by players over the servers (a dynamic layout's cells).
+    pub fn set_balanced(&mut self, on: bool) {
+        self.balanced = on;
+    }
+
+    pub fn is_balanced(&self) -> bool {
+        self.balanced
+    }
+
+    /// The player counts the next balancing weighs cells by.
+    pub fn set_players(&mut self, counts: impl IntoIterator<Item = (TerritoryName, u64)>) {
+        self.players = counts.into_iter().collect();
+    }
+
+    /// What a territory weighs when balancing: its players + 1 (so empty cells
+    /// spread too), or 1 when not balancing by players.
+    fn weight(&self, t: &str) -> u64 {
+        if self.balanced { self.players.get(t).copied().unwrap_or(0) + 1 } else { 1 }
+    }
+
+    /// The partition changed: `removed` territories go (their owners are
+    /// told), `added` ones appear with a fresh epoch, each first offered to
+    /// the server given (a split's children start with the parent's owner,
+    /// a merged parent with a child's), then everything is rebalanced.
+    pub fn repartition(
+        &mut self,
+        removed: &[TerritoryName],
+        added: &[(TerritoryName, Option<ServerName>)],
+    ) -> Vec<Change> {
+        let mut changes = Vec::new();
+        for t in removed {
+            if let Some(g) = self.grants.remove(t)
+                && let Some(server) = g.owner
+            {
+                changes.push(Change::Revoked { territory: t.clone(), server, epoch: g.epoch });
+            }
+        }
+        for (t, first) in added {
+            let epoch = self.next_epoch();
+            let owner = first.clone().filter(|s| self.eligible(s));
+            if let Some(server) = &owner {
+                changes.push(Change::Granted {
+                    territory: t.clone(),
+                    server: server.clone(),
+                    epoch,
+                });
+            }
+            self.grants.insert(t.clone(), Grant { owner, epoch });
+        }
+        changes.extend(self.rebalance());
+        changes.extend(self.spread());
+        compact(changes)
     }
 
     fn next_epoch(&mut self) -> u64 {
@@ -102,7 +175,8 @@ impl Authority {
         self.servers
             .insert(server, Server { conn, lease_until: now + self.lease, draining: false });
         changes.extend(self.rebalance());
-        changes
+        changes.extend(self.spread());
+        compact(changes)
     }
 
     pub fn heartbeat(&mut self, server: &str, conn: u64, now: Instant) {
@@ -152,9 +226,10 @@ impl Authority {
             return (Vec::new(), 0);
         };
         s.draining = true;
-        let changes = self.rebalance();
+        let mut changes = self.rebalance();
+        changes.extend(self.spread());
         let remaining = self.owned_by(server).count();
-        (changes, remaining)
+        (compact(changes), remaining)
     }
 
     fn revoke_all(&mut self, server: &str) -> Vec<Change> {
@@ -181,13 +256,13 @@ impl Authority {
     /// is live, else its current owner if still eligible, else the least-loaded
     /// eligible server (ties by name, so the result is deterministic).
     fn rebalance(&mut self) -> Vec<Change> {
-        let mut load: BTreeMap<ServerName, usize> =
+        let mut load: BTreeMap<ServerName, u64> =
             self.servers.iter().filter(|(_, s)| !s.draining).map(|(n, _)| (n.clone(), 0)).collect();
-        for g in self.grants.values() {
+        for (t, g) in &self.grants {
             if let Some(o) = &g.owner
                 && let Some(c) = load.get_mut(o)
             {
-                *c += 1;
+                *c += self.weight(t);
             }
         }
         let mut changes = Vec::new();
@@ -222,19 +297,91 @@ impl Authority {
                 continue;
             }
             let epoch = self.next_epoch();
+            let w = self.weight(&t);
             let Some(g) = self.grants.get_mut(&t) else { continue };
             if let Some(old) = g.owner.take() {
                 if let Some(c) = load.get_mut(&old) {
-                    *c = c.saturating_sub(1);
+                    *c = c.saturating_sub(w);
                 }
                 changes.push(Change::Revoked { territory: t.clone(), server: old, epoch: g.epoch });
             }
             g.epoch = epoch;
             if let Some(new) = desired {
-                *load.entry(new.clone()).or_default() += 1;
+                *load.entry(new.clone()).or_default() += w;
                 g.owner = Some(new.clone());
                 changes.push(Change::Granted { territory: t.clone(), server: new, epoch });
             }
+        }
+        changes
+    }
+
+    /// Balancing by players: moves territories from the most to the least
+    /// loaded eligible server while a move narrows the gap (each move lowers
+    /// the sum of squared loads, so it ends), picking the territory that
+    /// brings the two closest. Static owners are never moved.
+    fn spread(&mut self) -> Vec<Change> {
+        if !self.balanced {
+            return Vec::new();
+        }
+        let mut load: BTreeMap<ServerName, u64> =
+            self.servers.iter().filter(|(_, s)| !s.draining).map(|(n, _)| (n.clone(), 0)).collect();
+        if load.len() < 2 {
+            return Vec::new();
+        }
+        let mut owner: BTreeMap<TerritoryName, ServerName> = BTreeMap::new();
+        for (t, g) in &self.grants {
+            if let Some(o) = &g.owner
+                && let Some(c) = load.get_mut(o)
+            {
+                *c += self.weight(t);
+                if !self.static_owner.contains_key(t) {
+                    owner.insert(t.clone(), o.clone());
+                }
+            }
+        }
+        let mut moved: BTreeSet<TerritoryName> = BTreeSet::new();
+        for _ in 0..=self.grants.len() * 2 {
+            let Some((hi, hi_load)) = load
+                .iter()
+                .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
+                .map(|(n, l)| (n.clone(), *l))
+            else {
+                break;
+            };
+            let Some((lo, lo_load)) = load
+                .iter()
+                .min_by(|a, b| a.1.cmp(b.1).then(a.0.cmp(b.0)))
+                .map(|(n, l)| (n.clone(), *l))
+            else {
+                break;
+            };
+            let gap = hi_load - lo_load;
+            let best = owner
+                .iter()
+                .filter(|(_, o)| **o == hi)
+                .map(|(t, _)| (t.clone(), self.weight(t)))
+                .filter(|(_, w)| *w < gap)
+                .min_by_key(|(t, w)| ((2 * w).abs_diff(gap), t.clone()));
+            let Some((t, w)) = best else { break };
+            owner.insert(t.clone(), lo.clone());
+            load.insert(hi, hi_load - w);
+            load.insert(lo, lo_load + w);
+            moved.insert(t);
+        }
+        let mut changes = Vec::new();
+        for t in moved {
+            let Some(new) = owner.get(&t).cloned() else { continue };
+            if self.grants.get(&t).and_then(|g| g.owner.as_ref()) == Some(&new) {
+                continue;
+            }
+            let epoch = self.next_epoch();
+            let Some(g) = self.grants.get_mut(&t) else { continue };
+            if let Some(old) = g.owner.take() {
+                changes.push(Change::Revoked { territory: t.clone(), server: old, epoch: g.epoch });
+            }
+            g.epoch = epoch;
+            g.owner = Some(new.clone());
+            changes.push(Change::Granted { territory: t, server: new, epoch });
         }
         changes
     }
@@ -253,6 +400,43 @@ impl Authority {
         }
         Ok(())
     }
+}
+
+/// Drops a grant that the same batch of changes takes back (a territory
+/// granted, then moved on by the balancing): its server never needs to hear
+/// of it, and the grants a server does hear keep strictly growing epochs
+/// (found by `tests/authority_simulation.rs`). Epochs are fresh per grant, so
+/// a revoke at a grant's epoch can only be of that grant.
+fn compact(changes: Vec<Change>) -> Vec<Change> {
+    let granted: BTreeSet<(TerritoryName, u64)> = changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::Granted { territory, epoch, .. } => Some((territory.clone(), *epoch)),
+            Change::Revoked { .. } => None,
+        })
+        .collect();
+    let undone: BTreeSet<(TerritoryName, u64)> = changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::Revoked { territory, epoch, .. }
+                if granted.contains(&(territory.clone(), *epoch)) =>
+            {
+                Some((territory.clone(), *epoch))
+            }
+            _ => None,
+        })
+        .collect();
+    if undone.is_empty() {
+        return changes;
+    }
+    changes
+        .into_iter()
+        .filter(|c| {
+            let (Change::Granted { territory, epoch, .. }
+            | Change::Revoked { territory, epoch, .. }) = c;
+            !undone.contains(&(territory.clone(), *epoch))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -334,6 +518,71 @@ mod tests {
         // `tests/authority_simulation.rs`).
         a.disconnect("s3", 3);
         assert_eq!(a.owned_by("s2").count(), 2);
+    }
+
+    fn load_of(a: &Authority, s: &str) -> u64 {
+        a.owned_by(s).map(|(t, _)| a.weight(t)).sum()
+    }
+
+    #[test]
+    fn balanced_cells_spread_by_players_when_a_server_joins_and_on_drain() {
+        let now = Instant::now();
+        let mut a = Authority::new(
+            names(&["a", "b", "c", "d"]),
+            BTreeMap::new(),
+            1,
+            Duration::from_secs(3),
+        );
+        a.set_balanced(true);
+        a.set_players(names(&["a", "b", "c", "d"]).into_iter().zip([30, 10, 10, 0]));
+        a.connect("s1".into(), 1, now);
+        assert_eq!(a.owned_by("s1").count(), 4);
+        // A joining server takes a share: weights 31, 11, 11, 1 split 31 | 23.
+        let ch = a.connect("s2".into(), 2, now);
+        assert!(!ch.is_empty());
+        let (l1, l2) = (load_of(&a, "s1"), load_of(&a, "s2"));
+        assert_eq!(l1 + l2, 54);
+        assert!(l1.abs_diff(l2) <= 8, "{l1} vs {l2}");
+        // Nothing changed: balancing again moves nothing (no churn).
+        assert!(a.spread().is_empty());
+        // Draining s2 brings everything back to s1; s2 owns nothing.
+        let (_, left) = a.drain("s2");
+        assert_eq!(left, 0);
+        assert_eq!(a.owned_by("s1").count(), 4);
+    }
+
+    #[test]
+    fn repartition_revokes_old_cells_and_grants_new_ones_with_fresh_epochs() {
+        let now = Instant::now();
+        let mut a = Authority::new(names(&["a", "b"]), BTreeMap::new(), 1, Duration::from_secs(3));
+        a.set_balanced(true);
+        a.connect("s1".into(), 1, now);
+        let old = a.grant("a").unwrap().epoch;
+        a.set_players(names(&["a/0", "a/1", "b"]).into_iter().zip([5, 5, 0]));
+        let ch = a.repartition(
+            &names(&["a"]),
+            &[(Arc::from("a/0"), Some(Arc::from("s1"))), (Arc::from("a/1"), Some(Arc::from("s1")))],
+        );
+        assert!(a.grant("a").is_none());
+        assert!(ch.contains(&Change::Revoked {
+            territory: Arc::from("a"),
+            server: Arc::from("s1"),
+            epoch: old
+        }));
+        for t in ["a/0", "a/1"] {
+            let g = a.grant(t).unwrap();
+            assert!(g.epoch > old);
+            assert_eq!(g.owner.as_deref(), Some("s1"));
+        }
+        // A second server: one of the two busy halves moves to it.
+        a.connect("s2".into(), 2, now);
+        assert_eq!(load_of(&a, "s1"), 7);
+        assert_eq!(load_of(&a, "s2"), 6);
+        // Merge back: the parent starts with a child's owner and is granted once.
+        let ch = a.repartition(&names(&["a/0", "a/1"]), &[(Arc::from("a"), Some(Arc::from("s2")))]);
+        assert!(ch.iter().filter(|c| matches!(c, Change::Revoked { .. })).count() >= 2);
+        assert!(a.grant("a").unwrap().owner.is_some());
+        assert_eq!(a.grants().count(), 2);
     }
 
     #[test]

@@ -54,7 +54,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
@@ -92,43 +92,79 @@ pub fn crash_point(step: &str) {
     }
 }
 
+type GateClient = pb::gate_link_client::GateLinkClient<Channel>;
+
 /// This system's gates and the replicants of the systems they lead to.
 pub struct Gates {
     by_name: HashMap<Arc<str>, MeshGate>,
-    peers: HashMap<String, pb::gate_link_client::GateLinkClient<Channel>>,
+    /// System → (address, client). Replaced while running ([`Gates::set_peers`]: the
+    /// mesh map in a cluster); never held across an await or while taking the core lock.
+    peers: RwLock<HashMap<String, (String, GateClient)>>,
+}
+
+fn gate_client(system: &str, addr: &str) -> anyhow::Result<GateClient> {
+    let url = if addr.starts_with("http://") || addr.starts_with("https://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
+    let ep = Endpoint::from_shared(url)
+        .map_err(|e| anyhow::anyhow!("--gate-peer {system}={addr}: {e}"))?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(ARRIVE_TIMEOUT);
+    Ok(GateClient::new(ep.connect_lazy()).max_decoding_message_size(validate::MAX_MESSAGE_BYTES))
 }
 
 impl Gates {
     /// `peers`: (system, `host:port` of its replicant's gRPC). Connections are
     /// lazy: a peer that is down now is retried by the transfers that need it.
     pub fn new(gates: &[MeshGate], peers: &[(String, String)]) -> anyhow::Result<Self> {
-        let mut clients = HashMap::new();
+        let by_name = gates.iter().map(|g| (g.name.clone(), g.clone())).collect();
+        let g = Self { by_name, peers: RwLock::new(HashMap::new()) };
+        g.set_peers(peers)?;
+        Ok(g)
+    }
+
+    /// Replaces the peers (a changed mesh map): a system whose address is unchanged
+    /// keeps its client (and connection); a system no longer listed is dropped, so
+    /// ships entering its gates are refused (`GATE_NO_PEER`) and transfers already in
+    /// transit wait, durably recorded, until it is back. Nothing changes on an error.
+    pub fn set_peers(&self, peers: &[(String, String)]) -> anyhow::Result<()> {
+        let old = self.peers.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut next = HashMap::new();
         for (system, addr) in peers {
-            let url = if addr.starts_with("http://") || addr.starts_with("https://") {
-                addr.clone()
-            } else {
-                format!("http://{addr}")
+            let client = match old.get(system) {
+                Some((a, c)) if a == addr => c.clone(),
+                _ => {
+                    tracing::info!("gate peer: the replicant of {system} is at {addr}");
+                    gate_client(system, addr)?
+                }
             };
-            let ep = Endpoint::from_shared(url)
-                .map_err(|e| anyhow::anyhow!("--gate-peer {system}={addr}: {e}"))?
-                .connect_timeout(Duration::from_secs(2))
-                .timeout(ARRIVE_TIMEOUT);
-            let client = pb::gate_link_client::GateLinkClient::new(ep.connect_lazy())
-                .max_decoding_message_size(validate::MAX_MESSAGE_BYTES);
-            clients.insert(system.clone(), client);
+            next.insert(system.clone(), (addr.clone(), client));
         }
-        for g in gates {
-            if !clients.contains_key(&*g.target_system) {
-                // Not fatal: the peer may be added by a restart with the flag.
+        for system in old.keys().filter(|s| !next.contains_key(*s)) {
+            tracing::warn!(%system, "gate peer removed: ships entering gates to {system} are refused until it is back");
+        }
+        for g in self.by_name.values() {
+            if !next.contains_key(&*g.target_system) {
+                // Not fatal: the peer may come with a mesh map update or a restart.
                 tracing::warn!(
                     gate = %g.name,
                     system = %g.target_system,
-                    "jump gate leads to a system without --gate-peer: ships entering it are refused (GATE_NO_PEER)"
+                    "jump gate leads to a system without a peer (--gate-peer or the mesh map): ships entering it are refused (GATE_NO_PEER)"
                 );
             }
         }
-        let by_name = gates.iter().map(|g| (g.name.clone(), g.clone())).collect();
-        Ok(Self { by_name, peers: clients })
+        *self.peers.write().unwrap_or_else(|p| p.into_inner()) = next;
+        Ok(())
+    }
+
+    fn has_peer(&self, system: &str) -> bool {
+        self.peers.read().unwrap_or_else(|p| p.into_inner()).contains_key(system)
+    }
+
+    fn peer(&self, system: &str) -> Option<GateClient> {
+        self.peers.read().unwrap_or_else(|p| p.into_inner()).get(system).map(|(_, c)| c.clone())
     }
 }
 
@@ -209,7 +245,7 @@ pub fn enter(shared: &Arc<Shared>, core: &mut Core, conn: u64, server: &ServerNa
     if position.dist(gate.position) > GATE_RADIUS_KM {
         return reject(core, m, conn, &g, pb::RejectReason::GateTooFar, epoch);
     }
-    if !shared.gates.peers.contains_key(&*gate.target_system) {
+    if !shared.gates.has_peer(&gate.target_system) {
         return reject(core, m, conn, &g, pb::RejectReason::GateNoPeer, epoch);
     }
     if core.wb.is_full() {
@@ -300,7 +336,7 @@ pub async fn run_outbound(shared: Arc<Shared>, t: Outbound, durable: bool) {
             tracing::info!(%tid, "gate transfer overtaken (the ship came back); stopping");
             return;
         }
-        let Some(mut client) = shared.gates.peers.get(&*t.target_system).cloned() else {
+        let Some(mut client) = shared.gates.peer(&t.target_system) else {
             // The flag was dropped across a restart: keep the record, keep asking.
             tracing::error!(%tid, system = %t.target_system, "no --gate-peer for the target system; ship held in transit");
             if !pause(&shared, &mut backoff).await {

@@ -16,7 +16,7 @@
 //! waiting entity overtakes fresh ones after a bounded number of ticks:
 //! nothing starves.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use prost::Message;
 
@@ -24,6 +24,7 @@ use crate::model::{Entity, EntityId, Interest};
 use crate::wire::pb::{self, entity_update::Change};
 use crate::wire::validate::{entity_to_pb, vec3_to_pb};
 
+use super::spatial_index::{FastMap, FastSet};
 use super::state::World;
 
 const MIN_WEIGHT: f64 = 0.05;
@@ -43,8 +44,10 @@ pub struct Subscription {
     pub interest: Interest,
     /// Bytes per tick this subscriber may be sent (at least one update always goes).
     pub budget_bytes: usize,
-    sent: HashMap<EntityId, Sent>,
-    acc: HashMap<EntityId, f64>,
+    // Integer-keyed maps with the fast hasher: they are looked up once per
+    // entity in range per subscriber per tick (`benches/hot_delta.rs`).
+    sent: FastMap<EntityId, Sent>,
+    acc: FastMap<EntityId, f64>,
 }
 
 /// What to send this tick, and how the view changes if it is delivered.
@@ -71,8 +74,9 @@ fn delta(e: &Entity, s: Sent) -> pb::EntityDelta {
         version: e.version,
         position: Some(vec3_to_pb(e.position)),
         velocity: Some(vec3_to_pb(e.velocity)),
-        territory: e.territory.to_string(),
-        location: e.location.to_string(),
+        // `String::from(&str)`, not `to_string()`, which goes through `Display`.
+        territory: String::from(&*e.territory),
+        location: String::from(&*e.location),
         components: (s.components_version != e.components_version).then(|| e.components.clone()),
         components_version: e.components_version,
     }
@@ -80,7 +84,7 @@ fn delta(e: &Entity, s: Sent) -> pb::EntityDelta {
 
 impl Subscription {
     pub fn new(interest: Interest, budget_bytes: usize) -> Self {
-        Self { interest, budget_bytes, sent: HashMap::new(), acc: HashMap::new() }
+        Self { interest, budget_bytes, sent: FastMap::default(), acc: FastMap::default() }
     }
 
     /// How many entities the subscriber currently knows.
@@ -93,7 +97,7 @@ impl Subscription {
     pub fn plan(&mut self, world: &World) -> Plan {
         let mut plan = Plan::default();
         world.index.query(self.interest.center, self.interest.radius, &mut plan.in_range);
-        let in_range: HashSet<EntityId> = plan.in_range.iter().copied().collect();
+        let in_range: FastSet<EntityId> = plan.in_range.iter().copied().collect();
 
         // Removals first: they are tiny and keep the view exact.
         let mut leaves: Vec<EntityId> =
@@ -108,7 +112,8 @@ impl Subscription {
         }
 
         // Pending entries: entered, or changed since last sent.
-        let mut pending: Vec<(f64, EntityId)> = Vec::new();
+        // With the entity itself, so sending needs no second lookup.
+        let mut pending: Vec<(f64, EntityId, &Entity)> = Vec::new();
         for id in &plan.in_range {
             let Some(e) = world.entity(*id) else { continue };
             let (gap, enter) = match self.sent.get(id) {
@@ -124,18 +129,17 @@ impl Subscription {
                 + if enter { ENTER_BONUS } else { 0.0 };
             let a = self.acc.entry(*id).or_insert(0.0);
             *a += w;
-            pending.push((*a, *id));
+            pending.push((*a, *id, e));
         }
         // Forget accumulators of entities no longer pending (left or caught up).
         if self.acc.len() > pending.len() {
-            let p: HashSet<EntityId> = pending.iter().map(|(_, id)| *id).collect();
+            let p: FastSet<EntityId> = pending.iter().map(|(_, id, _)| *id).collect();
             self.acc.retain(|id, _| p.contains(id));
         }
         pending.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
 
         let mut sent_any = false;
-        for (_, id) in pending {
-            let Some(e) = world.entity(id) else { continue };
+        for (_, id, e) in pending {
             let u = match self.sent.get(&id) {
                 Some(s) => pb::EntityUpdate { change: Some(Change::Delta(delta(e, *s))) },
                 None => pb::EntityUpdate { change: Some(Change::Enter(entity_to_pb(e))) },

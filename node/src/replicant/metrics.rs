@@ -4,9 +4,12 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
+use starmesh_api::reference::{MetricCatalog, MetricDoc};
 
 pub struct Metrics {
     pub registry: Registry,
+    /// Every family registered, for the metric reference (`node-reference`).
+    pub described: Vec<MetricDoc>,
     pub players: IntGaugeVec,
     pub entities: IntGaugeVec,
     pub handoffs: IntCounter,
@@ -16,6 +19,7 @@ pub struct Metrics {
     pub stream_bytes: IntCounterVec,
     pub stream_messages: IntCounterVec,
     pub commit_latency: Histogram,
+    pub tick_duration: Histogram,
     pub commits: IntCounter,
     pub commit_failures: IntCounter,
     pub evictions: IntCounter,
@@ -30,9 +34,12 @@ pub struct Metrics {
     pub gate_transfers: IntCounterVec,
     pub gate_in_transit: IntGauge,
     pub gate_arrive_retries: IntCounter,
+    /// Leaf cells of the shard's partition (a static layout: its territories).
+    pub cells: IntGaugeVec,
+    pub partition_changes: IntCounterVec,
 }
 
-fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
+fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &MetricCatalog, c: T) -> T {
     // Names are static and unique, so registration cannot fail at runtime.
     r.register(Box::new(c.clone())).expect("metric names are unique");
     c
@@ -40,7 +47,7 @@ fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> 
 
 impl Metrics {
     pub fn new() -> Self {
-        let r = Registry::new();
+        let r = MetricCatalog::new();
         let loc = &["system", "shard", "territory"];
         Self {
             players: reg(
@@ -116,6 +123,21 @@ impl Metrics {
                     )
                     .buckets(vec![
                         0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                    ]),
+                )
+                .expect("valid"),
+            ),
+            // Buckets around the 30 Hz tick budget (33 ms), so "how close to
+            // overrunning" is visible; `_count` over time is the achieved tick rate.
+            tick_duration: reg(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "starmesh_replicant_tick_duration_seconds",
+                        "Time one replicant tick took (lock wait, handoffs, streaming to every subscriber)",
+                    )
+                    .buckets(vec![
+                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 1.0 / 30.0, 0.05, 0.1, 0.25, 1.0,
                     ]),
                 )
                 .expect("valid"),
@@ -231,7 +253,30 @@ impl Metrics {
                 )
                 .expect("valid"),
             ),
-            registry: r,
+            cells: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "starmesh_cells",
+                        "Leaf cells (units of authority) of the shard's partition; a static layout's territories",
+                    ),
+                    &["system", "shard"],
+                )
+                .expect("valid"),
+            ),
+            partition_changes: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "starmesh_partition_changes_total",
+                        "Cells split or merged (a dynamic layout's partition changes), by kind",
+                    ),
+                    &["system", "shard", "kind"],
+                )
+                .expect("valid"),
+            ),
+            described: r.described(),
+            registry: r.registry(),
         }
     }
 

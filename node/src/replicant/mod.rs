@@ -11,6 +11,7 @@ pub mod authority;
 pub mod gate;
 pub mod interest;
 pub mod metrics;
+pub mod partition;
 pub mod persistence;
 pub mod rejections;
 pub mod service;
@@ -130,6 +131,8 @@ pub struct Core {
     pub stream_in_wanted: Vec<EntityId>,
     /// Jump-gate transfers in transit, departed and arriving (`gate`).
     pub gates: gate::GateBook,
+    /// The partition's version and the changes waiting for the next tick boundary.
+    pub partition: partition::Book,
     next_conn: u64,
 }
 
@@ -151,6 +154,7 @@ impl Core {
             streaming_in: HashSet::new(),
             stream_in_wanted: Vec::new(),
             gates: gate::GateBook::default(),
+            partition: partition::Book::default(),
             next_conn: 0,
         }
     }
@@ -420,12 +424,14 @@ async fn recover_then_serve(
     tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 ) {
     let mut backoff = Duration::from_millis(100);
-    let (generation, mut recovered, transfers) = loop {
+    let (generation, partition, mut recovered, transfers) = loop {
         let attempt = async {
             let generation = shared.store.begin_generation().await?;
+            // The cells first: every entity loaded is placed in them.
+            let partition = shared.store.load_partition().await?;
             let entities = shared.store.load_all().await?;
             let transfers = shared.store.gate_load().await?;
-            Ok::<_, crate::store::StoreError>((generation, entities, transfers))
+            Ok::<_, crate::store::StoreError>((generation, partition, entities, transfers))
         };
         match attempt.await {
             Ok(r) => break r,
@@ -446,10 +452,19 @@ async fn recover_then_serve(
     };
     let started = std::time::Instant::now();
     {
+        let mut map = map;
+        let partition_version = partition::recovered(&mut map, partition);
         let mut core = shared.lock();
-        let authority =
+        let mut authority =
             Authority::new(map.names(), map.static_owners().clone(), generation, shared.cfg.lease);
+        authority.set_balanced(map.is_dynamic());
+        shared
+            .metrics
+            .cells
+            .with_label_values(&[&shared.system, &shared.shard])
+            .set(map.names().len() as i64);
         core.world = World::new(map, authority, shared.cfg.cell_size_km);
+        core.partition.version = partition_version;
         // A gate transfer record is the truth about its entity: a row of the
         // same id is the state it left with (or an older one a racing group
         // commit wrote back), never a second copy.

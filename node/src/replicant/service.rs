@@ -246,7 +246,10 @@ async fn server_session(
                 tracing::info!(server = %name, conn, "server connected");
                 core.send_control(
                     conn,
-                    Msg::Welcome(pb::Welcome { lease_ms: shared.cfg.lease.as_millis() as u64 }),
+                    Msg::Welcome(pb::Welcome {
+                        lease_ms: shared.cfg.lease.as_millis() as u64,
+                        protocol_version: validate::PROTOCOL_VERSION,
+                    }),
                     m,
                 );
                 // A connection under the same name supersedes the old one.
@@ -257,6 +260,10 @@ async fn server_session(
                         "starmesh: superseded by a newer connection",
                     )));
                     s.kill.notify_one();
+                }
+                // A dynamic layout's cells are balanced by players when a server joins.
+                if core.world.authority.is_balanced() {
+                    super::partition::refresh_players(&mut core);
                 }
                 let changes = core.world.authority.connect(name.clone(), conn, Instant::now());
                 core.apply_changes(changes, m);
@@ -475,6 +482,18 @@ async fn gateway_session(
                     // placed in is the one that may create it (e.g. a spawn).
                     None => core.world.map.locate(p.sub.interest.center),
                 };
+                // A spawn names its territory as the gateway sees it: a base
+                // territory. In a dynamic layout the replicant alone knows the
+                // cells, so it names the cell the ship will be created in, and
+                // routes the spawn to that cell's owner (whose epoch the first
+                // write then carries).
+                let (territory, input) = if core.world.map.partition().is_empty()
+                    || core.world.entity(entity).is_some()
+                {
+                    (territory, input)
+                } else {
+                    spawn_in_cell(&core.world.map, &input).unwrap_or((territory, input))
+                };
                 let owner = core.world.authority.grant(&territory).and_then(|g| g.owner.clone());
                 if let Some(server_conn) = owner.and_then(|o| core.world.authority.conn_of(&o)) {
                     let msg = Msg::PlayerInput(pb::PlayerInput {
@@ -490,6 +509,37 @@ async fn gateway_session(
     };
     record_end(m, "gateway", &end);
     shared.lock().drop_gateway(conn, end.into_bad());
+}
+
+/// Moves every territory away from `server` and stops giving it new ones
+/// (Admin `Drain`, and the local autoscaler before it stops a server).
+/// Returns how many it still owns: 0 = safe to stop.
+pub fn drain(shared: &Shared, server: &str) -> u32 {
+    let mut core = shared.lock();
+    if core.world.authority.is_balanced() {
+        super::partition::refresh_players(&mut core);
+    }
+    let (changes, remaining) = core.world.authority.drain(server);
+    core.apply_changes(changes, &shared.metrics);
+    remaining as u32
+}
+
+/// The gateway's `Spawn` (the mesh's own command, `GameInput`) with its
+/// territory replaced by the cell its position lies in; `None` for any other input.
+fn spawn_in_cell(
+    map: &crate::territory::TerritoryMap,
+    input: &bytes::Bytes,
+) -> Option<(crate::model::TerritoryName, bytes::Bytes)> {
+    let mut g = pb::GameInput::decode(input.as_ref()).ok()?;
+    let Some(pb::game_input::Cmd::Spawn(sp)) = g.cmd.as_mut() else { return None };
+    let p = sp.position.as_ref()?;
+    let pos = crate::model::Vec3::new(p.x, p.y, p.z);
+    if ![pos.x, pos.y, pos.z].iter().all(|c| c.is_finite()) {
+        return None;
+    }
+    let cell = map.locate(pos);
+    sp.territory = cell.to_string();
+    Some((cell, g.encode_to_vec().into()))
 }
 
 #[tonic::async_trait]
@@ -526,10 +576,7 @@ impl pb::admin_server::Admin for Svc {
         if server.is_empty() || server.len() > validate::MAX_NAME_LEN {
             return Err(validate::WireError::Missing("drain.server").into());
         }
-        let mut core = self.0.lock();
-        let (changes, remaining) = core.world.authority.drain(&server);
-        core.apply_changes(changes, &self.0.metrics);
-        Ok(Response::new(pb::DrainResponse { territories_remaining: remaining as u32 }))
+        Ok(Response::new(pb::DrainResponse { territories_remaining: drain(&self.0, &server) }))
     }
 
     async fn counts(
@@ -566,6 +613,22 @@ impl pb::admin_server::Admin for Svc {
     ) -> Result<Response<pb::LookupResponse>, Status> {
         let id = req.into_inner().id;
         Ok(Response::new(super::gate::lookup(&self.0.lock(), id)))
+    }
+
+    async fn get_partition(
+        &self,
+        _: Request<pb::GetPartitionRequest>,
+    ) -> Result<Response<pb::PartitionState>, Status> {
+        Ok(Response::new(super::partition::state(&self.0.lock(), Vec::new())))
+    }
+
+    async fn set_partition(
+        &self,
+        req: Request<pb::SetPartitionRequest>,
+    ) -> Result<Response<pb::PartitionState>, Status> {
+        let (split, merge) = validate::partition_request(req.into_inner())?;
+        let r = super::partition::Request { split, merge };
+        Ok(Response::new(super::partition::request(&self.0, r).await?))
     }
 }
 

@@ -1,19 +1,73 @@
 //! A uniform grid hash over entity positions. A radius query visits only the
-//! cells overlapping the query sphere's bounding box (or, when that box is
-//! larger than the populated world, only the populated cells), so its cost
-//! grows with the answer, not with the number of entities.
+//! cells overlapping the query sphere (or, when its bounding box is larger
+//! than the populated world, only the populated cells), so its cost grows
+//! with the answer, not with the number of entities.
+//!
+//! Each cell holds its entities' positions, so a query reads them without a
+//! second lookup; an entity knows its slot in its cell, so a move is O(1).
+//! The maps use `FastHasher`: with SipHash, hashing was ~40% of planning a
+//! player's bubble (callgrind, `benches/hot_delta.rs`; BENCHMARKS.md).
 
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::model::{EntityId, Vec3};
 
 pub type CellKey = (i64, i64, i64);
 
+/// FxHash's multiply-rotate (as in rustc), for the replicant's integer keys:
+/// entity ids and grid cells. Not DoS-resistant, which these keys do not
+/// need: ids and positions come from the shard's own game servers, and a
+/// cell is 100 km wide.
+#[derive(Default, Clone, Copy)]
+pub struct FastHasher(u64);
+
+impl FastHasher {
+    #[inline]
+    fn add(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0xf135_7aea_2e62_a9c5);
+    }
+}
+
+impl Hasher for FastHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        for c in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..c.len()].copy_from_slice(c);
+            self.add(u64::from_le_bytes(b));
+        }
+    }
+    #[inline]
+    fn write_u64(&mut self, v: u64) {
+        self.add(v);
+    }
+    #[inline]
+    fn write_i64(&mut self, v: i64) {
+        self.add(v as u64);
+    }
+    #[inline]
+    fn write_usize(&mut self, v: usize) {
+        self.add(v as u64);
+    }
+    #[inline]
+    fn finish(&self) -> u64 {
+        // hashbrown picks buckets by the low bits and tags by the high ones:
+        // the rotation brings the product's well-mixed high bits down.
+        self.0.rotate_left(26)
+    }
+}
+
+pub type FastBuild = BuildHasherDefault<FastHasher>;
+pub type FastMap<K, V> = HashMap<K, V, FastBuild>;
+pub type FastSet<K> = HashSet<K, FastBuild>;
+
 #[derive(Debug)]
 pub struct GridIndex {
     cell_size: f64,
-    cells: HashMap<CellKey, HashSet<EntityId>>,
-    positions: HashMap<EntityId, (Vec3, CellKey)>,
+    cells: FastMap<CellKey, Vec<(EntityId, Vec3)>>,
+    /// id -> (position, cell, slot in the cell's vector).
+    positions: FastMap<EntityId, (Vec3, CellKey, usize)>,
 }
 
 impl GridIndex {
@@ -22,7 +76,7 @@ impl GridIndex {
             cell_size.is_finite() && cell_size > 0.0,
             "cell size is configuration, checked at startup"
         );
-        Self { cell_size, cells: HashMap::new(), positions: HashMap::new() }
+        Self { cell_size, cells: FastMap::default(), positions: FastMap::default() }
     }
 
     pub fn cell_of(&self, p: Vec3) -> CellKey {
@@ -44,37 +98,48 @@ impl GridIndex {
     }
 
     pub fn position(&self, id: EntityId) -> Option<Vec3> {
-        self.positions.get(&id).map(|(p, _)| *p)
+        self.positions.get(&id).map(|(p, _, _)| *p)
     }
 
     pub fn upsert(&mut self, id: EntityId, p: Vec3) {
         let cell = self.cell_of(p);
-        if let Some((pos, old)) = self.positions.get_mut(&id) {
-            *pos = p;
-            if *old == cell {
+        if let Some(&(_, old, slot)) = self.positions.get(&id) {
+            if old == cell {
+                self.positions.insert(id, (p, cell, slot));
+                if let Some(e) = self.cells.get_mut(&cell).and_then(|v| v.get_mut(slot)) {
+                    e.1 = p;
+                }
                 return;
             }
-            let old = std::mem::replace(old, cell);
-            self.remove_from_cell(old, id);
-        } else {
-            self.positions.insert(id, (p, cell));
+            self.remove_from_cell(old, slot);
         }
-        self.cells.entry(cell).or_default().insert(id);
+        let v = self.cells.entry(cell).or_default();
+        v.push((id, p));
+        let slot = v.len() - 1;
+        self.positions.insert(id, (p, cell, slot));
     }
 
     pub fn remove(&mut self, id: EntityId) {
-        if let Some((_, cell)) = self.positions.remove(&id) {
-            self.remove_from_cell(cell, id);
+        if let Some((_, cell, slot)) = self.positions.remove(&id) {
+            self.remove_from_cell(cell, slot);
         }
     }
 
-    fn remove_from_cell(&mut self, cell: CellKey, id: EntityId) {
-        if let Some(set) = self.cells.get_mut(&cell) {
-            set.remove(&id);
-            if set.is_empty() {
-                // Empty cells are dropped so the populated-cells fallback stays proportional.
-                self.cells.remove(&cell);
-            }
+    /// Takes slot `slot` out of `cell`; the entity moved into it gets its new slot.
+    fn remove_from_cell(&mut self, cell: CellKey, slot: usize) {
+        let Some(v) = self.cells.get_mut(&cell) else { return };
+        if slot >= v.len() {
+            return;
+        }
+        v.swap_remove(slot);
+        if let Some(&(moved, _)) = v.get(slot)
+            && let Some(e) = self.positions.get_mut(&moved)
+        {
+            e.2 = slot;
+        }
+        if v.is_empty() {
+            // Empty cells are dropped so the populated-cells fallback stays proportional.
+            self.cells.remove(&cell);
         }
     }
 
@@ -85,30 +150,54 @@ impl GridIndex {
         let hi = self.cell_of(Vec3::new(center.x + radius, center.y + radius, center.z + radius));
         let span = |a: i64, b: i64| (b.saturating_sub(a)).saturating_add(1) as u128;
         let box_cells = span(lo.0, hi.0) * span(lo.1, hi.1) * span(lo.2, hi.2);
-        let mut visit = |set: &HashSet<EntityId>| {
-            for id in set {
-                if let Some((p, _)) = self.positions.get(id)
-                    && p.dist2(center) <= r2
-                {
+        let visit = |v: &Vec<(EntityId, Vec3)>, out: &mut Vec<EntityId>| {
+            for (id, p) in v {
+                if p.dist2(center) <= r2 {
                     out.push(*id);
                 }
             }
         };
         if box_cells > self.cells.len() as u128 {
-            for (k, set) in &self.cells {
+            for (k, v) in &self.cells {
                 if (lo.0..=hi.0).contains(&k.0)
                     && (lo.1..=hi.1).contains(&k.1)
                     && (lo.2..=hi.2).contains(&k.2)
                 {
-                    visit(set);
+                    visit(v, out);
                 }
             }
         } else {
+            // Squared distance from the center to cell `i`'s slab along one axis.
+            let cs = self.cell_size;
+            let gap2 = |i: i64, c: f64| {
+                // A little slack: `cell_of` divides, this multiplies, and a
+                // point on the sphere must not be culled by a rounding.
+                let slack = (i.unsigned_abs() as f64 + 1.0) * cs * 1e-12;
+                let (a, b) = (i as f64 * cs - slack, (i + 1) as f64 * cs + slack);
+                let d = if c < a {
+                    a - c
+                } else if c > b {
+                    c - b
+                } else {
+                    0.0
+                };
+                d * d
+            };
+            // Cells of the bounding box the sphere does not reach are skipped
+            // without a lookup (about half of them).
             for x in lo.0..=hi.0 {
+                let dx = gap2(x, center.x);
                 for y in lo.1..=hi.1 {
+                    let dxy = dx + gap2(y, center.y);
+                    if dxy > r2 {
+                        continue;
+                    }
                     for z in lo.2..=hi.2 {
-                        if let Some(set) = self.cells.get(&(x, y, z)) {
-                            visit(set);
+                        if dxy + gap2(z, center.z) > r2 {
+                            continue;
+                        }
+                        if let Some(v) = self.cells.get(&(x, y, z)) {
+                            visit(v, out);
                         }
                     }
                 }
@@ -165,6 +254,31 @@ mod tests {
                 .filter(|(_, p)| Vec3::new(p.0, p.1, p.2).dist2(center) <= r * r)
                 .map(|(i, _)| i as u64).collect();
             prop_assert_eq!(out, want);
+        }
+
+        /// Moves (within and across cells) and removals keep every cell's
+        /// slots right: queries match a brute-force model throughout.
+        #[test]
+        fn moves_and_removals_match_brute_force(
+            ops in prop::collection::vec((0..20u64, prop::option::of((-50.0..50.0f64, -50.0..50.0f64, -50.0..50.0f64))), 1..120),
+            c in (-50.0..50.0f64, -50.0..50.0f64, -50.0..50.0f64), r in 0.0..80.0f64) {
+            let mut g = GridIndex::new(7.0);
+            let mut model: HashMap<u64, Vec3> = HashMap::new();
+            let center = Vec3::new(c.0, c.1, c.2);
+            for (id, op) in ops {
+                match op {
+                    Some(p) => { g.upsert(id, Vec3::new(p.0, p.1, p.2)); model.insert(id, Vec3::new(p.0, p.1, p.2)); }
+                    None => { g.remove(id); model.remove(&id); }
+                }
+                let mut out = vec![];
+                g.query(center, r, &mut out);
+                out.sort();
+                let mut want: Vec<u64> = model.iter().filter(|(_, p)| p.dist2(center) <= r * r).map(|(i, _)| *i).collect();
+                want.sort();
+                prop_assert_eq!(out, want);
+                prop_assert_eq!(g.len(), model.len());
+                for (id, p) in &model { prop_assert_eq!(g.position(*id), Some(*p)); }
+            }
         }
     }
 }

@@ -7,11 +7,13 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use starmesh_api::partition::{self as cells, Partition};
+
 use crate::model::{Entity, EntityId, EntityWrite, ServerName, TerritoryName, Vec3};
-use crate::territory::TerritoryMap;
+use crate::territory::{TerritoryError, TerritoryMap};
 
 use super::authority::{Authority, Fence};
-use super::spatial_index::GridIndex;
+use super::spatial_index::{FastMap, GridIndex};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WriteOutcome {
@@ -65,6 +67,21 @@ struct Evicted {
     territory: TerritoryName,
 }
 
+/// What a partition change did to the territories (`World::repartition`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Repartitioned {
+    /// Leaf cells that no longer exist (split or merged away).
+    pub removed: Vec<TerritoryName>,
+    /// New leaf cells, each with the server it is first offered to: the
+    /// owner of the cell it came from (a split's parent, a merge's first
+    /// owned child).
+    pub added: Vec<(TerritoryName, Option<ServerName>)>,
+    /// Resident entities now in another cell (version bumped, to be committed).
+    pub relocated: usize,
+    /// Evicted entities now in another cell.
+    pub relocated_evicted: usize,
+}
+
 /// Entities of one territory, in memory and evicted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Count {
@@ -76,10 +93,11 @@ pub struct Count {
 pub struct World {
     pub map: TerritoryMap,
     pub authority: Authority,
-    entities: HashMap<EntityId, Entity>,
+    // The fast hasher: looked up per entity in range per subscriber per tick.
+    entities: FastMap<EntityId, Entity>,
     pub index: GridIndex,
     dirty: BTreeSet<EntityId>,
-    meta: HashMap<EntityId, Meta>,
+    meta: FastMap<EntityId, Meta>,
     /// Evicted entities: only their position (to know when someone comes
     /// near) and version (so a write to one continues its version line).
     evicted: HashMap<EntityId, Evicted>,
@@ -96,10 +114,10 @@ impl World {
         Self {
             map,
             authority,
-            entities: HashMap::new(),
+            entities: FastMap::default(),
             index: GridIndex::new(cell_size),
             dirty: BTreeSet::new(),
-            meta: HashMap::new(),
+            meta: FastMap::default(),
             evicted: HashMap::new(),
             evicted_index: GridIndex::new(cell_size),
             tick: 0,
@@ -250,6 +268,78 @@ impl World {
                 });
             }
             out.changed.push(e.clone());
+        }
+        out
+    }
+
+    /// Changes the partition (at a tick boundary: call it right after
+    /// `end_tick`, before any write of the new tick): every entity, resident
+    /// or evicted, in a cell that is gone is placed in its new cell. A
+    /// resident one gets a new version (its territory is observable state)
+    /// and is committed with the next tick. Authority is not touched here:
+    /// the caller hands `removed`/`added` to `Authority::repartition`, whose
+    /// grants bring each new owner every entity of its cells. Nothing is
+    /// lost or copied: each entity keeps its one state, only its cell changes.
+    pub fn repartition(&mut self, partition: Partition) -> Result<Repartitioned, TerritoryError> {
+        let before: BTreeSet<TerritoryName> = self.map.names().into_iter().collect();
+        self.map.set_partition(partition)?;
+        let after: BTreeSet<TerritoryName> = self.map.names().into_iter().collect();
+        let removed: Vec<TerritoryName> = before.difference(&after).cloned().collect();
+        let gone: BTreeSet<&str> = removed.iter().map(|t| &**t).collect();
+        let related = |a: &str, b: &str| {
+            let inside = |x: &str, y: &str| {
+                x.len() > y.len() && x.starts_with(y) && x[y.len()..].starts_with(cells::SEPARATOR)
+            };
+            inside(a, b) || inside(b, a)
+        };
+        let added = after
+            .difference(&before)
+            .map(|t| {
+                let first = removed
+                    .iter()
+                    .filter(|r| related(t, r))
+                    .find_map(|r| self.authority.grant(r).and_then(|g| g.owner.clone()));
+                (t.clone(), first)
+            })
+            .collect();
+        let mut out = Repartitioned { removed: removed.clone(), added, ..Default::default() };
+        if gone.is_empty() {
+            return Ok(out);
+        }
+        for e in self.entities.values_mut() {
+            if !gone.contains(&*e.territory) {
+                continue;
+            }
+            e.territory = self.map.locate(e.position);
+            e.version += 1;
+            self.dirty.insert(e.id);
+            out.relocated += 1;
+        }
+        for (id, ev) in self.evicted.iter_mut() {
+            if !gone.contains(&*ev.territory) {
+                continue;
+            }
+            // Every evicted entity is in the index; a base lookup is the fallback.
+            let p = self.evicted_index.position(*id).unwrap_or_default();
+            ev.territory = self.map.locate(p);
+            out.relocated_evicted += 1;
+        }
+        Ok(out)
+    }
+
+    /// Positions of the entities in a cell (resident and evicted), to choose
+    /// its split plane from.
+    pub fn positions_in(&self, territory: &str) -> Vec<[f64; 3]> {
+        let mut out: Vec<[f64; 3]> = self
+            .entities_in(territory)
+            .map(|e| [e.position.x, e.position.y, e.position.z])
+            .collect();
+        for (id, ev) in &self.evicted {
+            if &*ev.territory == territory
+                && let Some(p) = self.evicted_index.position(*id)
+            {
+                out.push([p.x, p.y, p.z]);
+            }
         }
         out
     }

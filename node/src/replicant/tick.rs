@@ -29,10 +29,12 @@ pub async fn run(shared: Arc<Shared>) {
             _ = interval.tick() => {}
             _ = shared.shutdown.notified() => return,
         }
+        let started = Instant::now();
         let wanted = {
             let mut core = shared.lock();
             step(&shared, &mut core, Instant::now())
         };
+        shared.metrics.tick_duration.observe(started.elapsed().as_secs_f64());
         if !wanted.is_empty() {
             tokio::spawn(stream_in(shared.clone(), wanted));
         }
@@ -62,6 +64,8 @@ pub fn step(shared: &Shared, core: &mut Core, now: Instant) -> Vec<EntityId> {
             core.send_control(conn, Msg::HandoffIn(msg(state)), m);
         }
     }
+    // Cell splits and merges happen here, at the boundary, before any write of the new tick.
+    super::partition::apply_pending(shared, core);
 
     let acks: Vec<(u64, u64)> = core.tick_acks.drain().collect();
     if !changes.changed.is_empty() || !acks.is_empty() {
@@ -93,7 +97,7 @@ pub fn step(shared: &Shared, core: &mut Core, now: Instant) -> Vec<EntityId> {
     let Core { world, servers, players, gateways, .. } = core;
     for (conn, s) in servers.iter_mut() {
         let Some(sub) = s.sub.as_mut() else { continue };
-        let plan = sub.plan(world);
+        let mut plan = sub.plan(world);
         world.evicted_near(sub.interest.center, sub.interest.radius, &mut wanted);
         needed.extend_from_slice(&plan.in_range);
         if plan.is_empty() {
@@ -110,10 +114,12 @@ pub fn step(shared: &Shared, core: &mut Core, now: Instant) -> Vec<EntityId> {
             }
             continue;
         }
+        // Moved, not cloned: `commit` reads only the plan's view, and an
+        // undelivered plan is recomputed next tick anyway.
         let msg = pb::ReplicantMessage {
             msg: Some(Msg::Neighbourhood(pb::UpdateBatch {
                 tick: changes.tick,
-                updates: plan.updates.clone(),
+                updates: std::mem::take(&mut plan.updates),
             })),
         };
         let len = msg.encoded_len();
@@ -161,7 +167,7 @@ pub fn step(shared: &Shared, core: &mut Core, now: Instant) -> Vec<EntityId> {
             g.stalled_ticks = 0;
         }
         fair_turns(&mut turns);
-        for (i, (_, pid, plan)) in turns.into_iter().enumerate() {
+        for (i, (_, pid, mut plan)) in turns.into_iter().enumerate() {
             let Some(p) = players.get_mut(&pid) else { continue };
             if i >= room {
                 m.subscriber_deferred_ticks.inc();
@@ -170,7 +176,10 @@ pub fn step(shared: &Shared, core: &mut Core, now: Instant) -> Vec<EntityId> {
             }
             let msg = pb::GatewayUpdate {
                 player_id: pid,
-                batch: Some(pb::UpdateBatch { tick: changes.tick, updates: plan.updates.clone() }),
+                batch: Some(pb::UpdateBatch {
+                    tick: changes.tick,
+                    updates: std::mem::take(&mut plan.updates),
+                }),
             };
             let len = msg.encoded_len();
             if g.tx.try_send(Ok(msg)).is_ok() {

@@ -1,8 +1,10 @@
-//! The simulation behind a small trait, so a studio's own game can replace the
-//! built-in example. The server owns authority and the wire; a `Game` only
-//! turns entities into their next state. All game state must live in the
-//! entity (its `components`), because the replicant, not the server, is the
-//! source of truth: another server resumes the entity from exactly that.
+//! The `Game` trait: the part of a game server a studio writes. The runner
+//! (`super::run`) owns authority and the wire; a `Game` only turns the
+//! entities it is given into their next state. All game state must live in
+//! the entity (its `components`), because the replicant, not the server, is
+//! the source of truth: another server resumes the entity from exactly that.
+//! The crate `starmesh-sdk` (node/sdk/) is this trait and the runner as a
+//! library; `starmesh server` is the runner with `ExampleGame`.
 //!
 //! The example game: ships fly a route of waypoints (location centres), slow
 //! down on approach, dock at a station / land at a landing zone when within
@@ -25,17 +27,103 @@ pub struct Spawned {
     pub territory: String,
 }
 
+/// One entity this server holds, as `Game::tick` sees it. Changing it through
+/// `entity_mut` makes the runner write it at the end of the tick (stamped
+/// with its territory's epoch); `quiet_mut` changes it without asking for a
+/// write (the change goes out with the entity's next write, e.g. a countdown
+/// not worth a write per tick).
+#[derive(Debug)]
+pub struct Slot<'a> {
+    entity: &'a mut Entity,
+    changed: bool,
+}
+
+impl<'a> Slot<'a> {
+    pub fn new(entity: &'a mut Entity) -> Self {
+        Self { entity, changed: false }
+    }
+
+    pub fn entity(&self) -> &Entity {
+        self.entity
+    }
+
+    /// The entity, to change; it is written at the end of the tick.
+    pub fn entity_mut(&mut self) -> &mut Entity {
+        self.changed = true;
+        self.entity
+    }
+
+    /// The entity, to change without a write of its own.
+    pub fn quiet_mut(&mut self) -> &mut Entity {
+        self.entity
+    }
+
+    /// Ask for a write even if nothing was changed through `entity_mut`.
+    pub fn mark_changed(&mut self) {
+        self.changed = true;
+    }
+
+    pub fn changed(&self) -> bool {
+        self.changed
+    }
+}
+
+/// What a server's neighbourhood subscription (`Game::neighbourhood`) reports
+/// about an entity it does not hold.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Neighbour<'a> {
+    /// Came into the neighbourhood: its full state.
+    Entered(&'a Entity),
+    /// Moved (or changed territory or location) inside the neighbourhood.
+    Moved { id: EntityId, position: Vec3, velocity: Vec3 },
+    /// Left the neighbourhood (or was deleted).
+    Left(EntityId),
+}
+
+/// The game logic of a starmesh game server. Only `tick` (or `step`) is
+/// required in practice; every other hook has a do-nothing default. The
+/// runner calls it from one task, never concurrently, in the replicant's
+/// order: authority changes first, then the tick.
 pub trait Game: Send + 'static {
+    /// Simulates one tick of `dt` seconds over every entity this server holds
+    /// authority over (sorted by id). The default steps each one with `step`.
+    fn tick(&mut self, entities: &mut [Slot<'_>], dt: f64) {
+        for s in entities {
+            if self.step(s.quiet_mut(), dt) {
+                s.mark_changed();
+            }
+        }
+    }
+    /// Advances one owned entity by `dt` seconds; true if it changed (and is
+    /// to be written). Used by the default `tick`.
+    fn step(&mut self, _e: &mut Entity, _dt: f64) -> bool {
+        false
+    }
+    /// Applies a player's input to its (owned) entity; true if it changed.
+    fn input(&mut self, _e: &mut Entity, _player: PlayerId, _input: &[u8]) -> bool {
+        false
+    }
+    /// An input for an entity that does not exist yet: a game may create it.
+    fn spawn(&mut self, _id: EntityId, _player: PlayerId, _input: &[u8]) -> Option<Spawned> {
+        None
+    }
     /// The server gained authority over `e` (handoff in, grant, spawn).
     fn entered(&mut self, _e: &Entity) {}
     /// The server lost authority over `id` (handoff out, revoke, disconnect).
     fn left(&mut self, _id: EntityId) {}
-    /// Advances one owned entity by `dt` seconds; true if it changed.
-    fn step(&mut self, e: &mut Entity, dt: f64) -> bool;
-    /// Applies a player's input to its (owned) entity; true if it changed.
-    fn input(&mut self, e: &mut Entity, player: PlayerId, input: &[u8]) -> bool;
-    /// An input for an entity that does not exist yet: a game may create it.
-    fn spawn(&mut self, id: EntityId, player: PlayerId, input: &[u8]) -> Option<Spawned>;
+    /// The custom components (`Entity::components`) of an entity this server
+    /// sees but does not hold changed: a neighbour's new game data, streamed
+    /// only when it changed (`EntityDelta.components`).
+    fn component_changed(&mut self, _id: EntityId, _components: &Bytes) {}
+    /// The sphere (centre, radius km) around which this server wants the
+    /// entities it does not hold streamed to it (`neighbour`,
+    /// `component_changed`). Asked every tick; sent when it changes. `None`
+    /// (the default): no neighbourhood.
+    fn neighbourhood(&self) -> Option<(Vec3, f64)> {
+        None
+    }
+    /// An entity in the neighbourhood entered, moved or left it.
+    fn neighbour(&mut self, _n: Neighbour<'_>) {}
     /// `e` arrived through a jump gate into `system` (the one this server
     /// serves): its components may still hold the old system's state (e.g.
     /// waypoints there). True if it changed. Called after `entered`.

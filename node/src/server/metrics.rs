@@ -8,9 +8,12 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
 };
+use starmesh_api::reference::{MetricCatalog, MetricDoc};
 
 pub struct Metrics {
     pub registry: Registry,
+    /// Every family registered, for the metric reference (`node-reference`).
+    pub described: Vec<MetricDoc>,
     pub tick_duration: Histogram,
     pub tick_overruns: IntCounter,
     pub ticks_skipped: IntCounter,
@@ -27,23 +30,23 @@ pub struct Metrics {
     pub connected: AtomicBool,
 }
 
-fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
+fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &MetricCatalog, c: T) -> T {
     // Names are static and unique, so registration cannot fail at runtime.
     r.register(Box::new(c.clone())).expect("metric names are unique");
     c
 }
 
-fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+fn counter(r: &MetricCatalog, name: &str, help: &str) -> IntCounter {
     reg(r, IntCounter::new(name, help).expect("valid metric"))
 }
 
-fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+fn gauge(r: &MetricCatalog, name: &str, help: &str) -> IntGauge {
     reg(r, IntGauge::new(name, help).expect("valid metric"))
 }
 
 impl Metrics {
     pub fn new(tick_period_s: f64) -> Self {
-        let r = Registry::new();
+        let r = MetricCatalog::new();
         // Buckets around the tick budget, so "how close to overrunning" is visible.
         let buckets: Vec<f64> = [0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0]
             .iter()
@@ -121,7 +124,8 @@ impl Metrics {
                 "Replicant stream reconnects",
             ),
             connected: AtomicBool::new(false),
-            registry: r,
+            described: r.described(),
+            registry: r.registry(),
         }
     }
 

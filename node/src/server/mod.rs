@@ -5,9 +5,12 @@
 //! nothing the replicant does not also have: when the stream breaks it drops
 //! everything and reconnects, and the replicant hands it whatever it then owns.
 //!
-//! The simulation is a `Game` (`game.rs`); the built-in one is the example game.
+//! The simulation is a `Game` (`game.rs`): the built-in one is the example
+//! game, and a studio's own links this runner through `starmesh-sdk`
+//! (node/sdk/) with the same flags, environment and metrics (`main_with`).
 
 pub mod authority;
+pub mod custom;
 pub mod game;
 pub mod metrics;
 pub mod system;
@@ -30,7 +33,7 @@ use crate::wire::validate::{
 };
 
 use authority::Owned;
-use game::Game;
+use game::{Game, Neighbour, Slot};
 use metrics::Metrics;
 use system::SystemView;
 
@@ -144,6 +147,9 @@ fn write_msg(seq: u64, epoch: u64, e: &Entity) -> pb::ServerMessage {
             velocity: Some(vec3_to_pb(e.velocity)),
             location: e.location.to_string(),
             components: e.components.clone(),
+            // Typed components travel already encoded in `components` (`custom.rs`
+            // builds them with the replicant's own validation).
+            custom: vec![],
         })),
     }
 }
@@ -161,6 +167,8 @@ struct Session<'a, G> {
     /// Ships that sent `GateEnter` and have not left the gate radius since:
     /// no second `GateEnter` until they leave and enter again.
     at_gate: HashSet<EntityId>,
+    /// The neighbourhood last sent (`Game::neighbourhood`), to send only changes.
+    interest: Option<(crate::model::Vec3, f64)>,
 }
 
 /// One connection. Returns whether the replicant welcomed us (for backoff).
@@ -178,7 +186,10 @@ async fn session<G: Game>(
     let mut client = pb::server_link_client::ServerLinkClient::new(channel)
         .max_decoding_message_size(MAX_INBOUND_BYTES);
     let (tx, rx) = mpsc::channel(OUT_QUEUE);
-    let hello = server_message::Msg::Hello(pb::Hello { server_name: cfg.name.clone() });
+    let hello = server_message::Msg::Hello(pb::Hello {
+        server_name: cfg.name.clone(),
+        protocol_version: validate::PROTOCOL_VERSION,
+    });
     tx.send(pb::ServerMessage { msg: Some(hello) }).await?;
     let mut inbound = client.session(ReceiverStream::new(rx)).await?.into_inner();
     let mut s = Session {
@@ -191,6 +202,7 @@ async fn session<G: Game>(
         lease: None,
         system,
         at_gate: HashSet::new(),
+        interest: None,
     };
 
     let period = cfg.period();
@@ -270,7 +282,14 @@ async fn session<G: Game>(
     m.entities.set(0);
     m.territories.set(0);
     if let Err(e) = end {
-        tracing::warn!(status = %e.message(), code = ?e.code(), "replicant stream error");
+        if e.code() == tonic::Code::FailedPrecondition {
+            // E.g. a protocol version the replicant does not speak: retrying
+            // will not help, so say it loudly (the loop still retries, in case
+            // the replicant is upgraded under us).
+            tracing::error!(status = %e.message(), "the replicant refused this server");
+        } else {
+            tracing::warn!(status = %e.message(), code = ?e.code(), "replicant stream error");
+        }
     }
     Ok(welcomed)
 }
@@ -284,7 +303,11 @@ impl<G: Game> Session<'_, G> {
                 let lease = Duration::from_millis(w.lease_ms.clamp(30, 600_000));
                 self.lease = Some(lease);
                 m.connected.store(true, Ordering::Relaxed);
-                tracing::info!(lease_ms = w.lease_ms, "welcomed by the replicant");
+                tracing::info!(
+                    lease_ms = w.lease_ms,
+                    protocol_version = w.protocol_version,
+                    "welcomed by the replicant"
+                );
                 return Some(lease);
             }
             Msg::Grant(g) => {
@@ -383,7 +406,8 @@ impl<G: Game> Session<'_, G> {
                     }
                 }
             }
-            Msg::Committed(_) | Msg::Neighbourhood(_) => {}
+            Msg::Committed(_) => {}
+            Msg::Neighbourhood(batch) => self.neighbours(batch),
             Msg::PlayerInput(pi) => {
                 m.inputs.inc();
                 let id = pi.entity_id;
@@ -421,14 +445,68 @@ impl<G: Game> Session<'_, G> {
         None
     }
 
-    /// One tick: step every held entity, write every changed one.
-    fn tick(&mut self, dt: f64) {
-        let mut changed = std::mem::take(&mut self.dirty);
-        for h in self.owned.held_mut() {
-            if self.game.step(&mut h.entity, dt) {
-                changed.insert(h.entity.id);
+    /// Neighbours (entities we do not hold) reported by the subscription.
+    fn neighbours(&mut self, batch: pb::UpdateBatch) {
+        use pb::entity_update::Change;
+        for u in batch.updates {
+            match u.change {
+                Some(Change::Enter(st)) if self.owned.get(st.id).is_none() => {
+                    match validate::entity_from_pb(st) {
+                        Ok(e) => self.game.neighbour(Neighbour::Entered(&e)),
+                        Err(e) => tracing::debug!(error = %e, "invalid neighbour ignored"),
+                    }
+                }
+                Some(Change::Delta(d)) if self.owned.get(d.id).is_none() => {
+                    let (Some(position), Some(velocity)) =
+                        (finite(d.position.as_ref()), finite(d.velocity.as_ref()))
+                    else {
+                        continue;
+                    };
+                    self.game.neighbour(Neighbour::Moved { id: d.id, position, velocity });
+                    if let Some(c) = d.components.filter(|c| c.len() <= MAX_COMPONENT_BYTES) {
+                        self.game.component_changed(d.id, &c);
+                    }
+                }
+                Some(Change::Leave(id)) if self.owned.get(id).is_none() => {
+                    self.game.neighbour(Neighbour::Left(id));
+                }
+                _ => {}
             }
         }
+    }
+
+    /// Sends the game's neighbourhood when it changed (radius 0 clears it).
+    fn subscribe(&mut self) {
+        let want = self.game.neighbourhood().filter(|(c, r)| {
+            let ok = |x: f64, b: f64| x.is_finite() && x.abs() <= b;
+            ok(*r, validate::MAX_RADIUS_KM)
+                && *r > 0.0
+                && [c.x, c.y, c.z].iter().all(|x| ok(*x, MAX_COORD_KM))
+        });
+        if want == self.interest {
+            return;
+        }
+        let (center, radius) = want.unwrap_or_default();
+        let msg = pb::ServerMessage {
+            msg: Some(server_message::Msg::Neighbourhood(pb::Interest {
+                center: Some(vec3_to_pb(center)),
+                radius,
+            })),
+        };
+        if self.tx.try_send(msg).is_ok() {
+            self.interest = want;
+        }
+    }
+
+    /// One tick: the game simulates every held entity, every changed one is written.
+    fn tick(&mut self, dt: f64) {
+        let mut changed = std::mem::take(&mut self.dirty);
+        let mut held: Vec<&mut authority::Held> = self.owned.held_mut().collect();
+        held.sort_unstable_by_key(|h| h.entity.id);
+        let mut slots: Vec<Slot<'_>> = held.into_iter().map(|h| Slot::new(&mut h.entity)).collect();
+        self.game.tick(&mut slots, dt);
+        changed.extend(slots.iter().filter(|s| s.changed()).map(|s| s.entity().id));
+        drop(slots);
         for id in changed {
             let (Some(epoch), Some(h)) = (self.owned.write_epoch(id), self.owned.get(id)) else {
                 continue;
@@ -445,6 +523,7 @@ impl<G: Game> Session<'_, G> {
             }
         }
         self.gates();
+        self.subscribe();
     }
 
     /// Ships within a gate's radius enter it: after this tick's writes (so the
@@ -500,6 +579,11 @@ impl<G: Game> Session<'_, G> {
             }
         }
     }
+}
+
+fn finite(v: Option<&pb::Vec3>) -> Option<crate::model::Vec3> {
+    let v = v?;
+    [v.x, v.y, v.z].iter().all(|c| c.is_finite()).then(|| crate::model::Vec3::new(v.x, v.y, v.z))
 }
 
 /// A `REJECT_REASON_GATE_*` refusal of a `GateEnter` (not the in-transit fence).
@@ -621,6 +705,7 @@ mod tests {
             lease: None,
             system: Some(gate_world()),
             at_gate: HashSet::new(),
+            interest: None,
         };
         let msg = |m| pb::ReplicantMessage { msg: Some(m) };
         s.handle(msg(Msg::Grant(pb::AuthorityGrant { territory: "t".into(), epoch: 4 })));
@@ -703,6 +788,7 @@ mod tests {
             lease: None,
             system: None,
             at_gate: HashSet::new(),
+            interest: None,
         };
         let msg = |m| pb::ReplicantMessage { msg: Some(m) };
         let x = |s: &Session<'_, game::ExampleGame>| s.owned.get(5).map(|h| h.entity.position.x);
@@ -789,6 +875,13 @@ pub struct ServerArgs {
 
 /// The `starmesh server` role with the example game.
 pub fn main(a: ServerArgs) -> anyhow::Result<()> {
+    main_with(a, game::ExampleGame)
+}
+
+/// The `starmesh server` role with any game: the same flags and environment
+/// (mesh map, identity, ports), metrics endpoint and shutdown on SIGTERM, so a
+/// studio's server is a drop-in replacement for ours (`starmesh-sdk`).
+pub fn main_with<G: Game>(a: ServerArgs, game: G) -> anyhow::Result<()> {
     let mesh_map = a.mesh_map.as_deref();
     let replicant = crate::mesh_map::resolve_replicant(a.replicant.as_deref(), mesh_map, a.shard)?;
     let name =
@@ -808,7 +901,7 @@ pub fn main(a: ServerArgs) -> anyhow::Result<()> {
         // Tests and tools parse this line to learn the bound address.
         println!("starmesh server name={} metrics={bound}", cfg.name);
         tokio::select! {
-            _ = run_in(cfg, game::ExampleGame, m, system) => {}
+            _ = run_in(cfg, game, m, system) => {}
             r = crate::signal::terminate() => r?,
         }
         Ok(())

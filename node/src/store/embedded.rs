@@ -2,15 +2,15 @@
 //! transaction with immediate durability (fsync), so a committed tick
 //! survives `kill -9` and power loss.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{
-    Arrived, CommitBatch, Outbound, OutboundPhase, Store, StoreError, decode, decode_outbound,
-    encode, encode_outbound,
+    Arrived, CommitBatch, Outbound, OutboundPhase, PartitionRecord, Store, StoreError, decode,
+    decode_outbound, encode, encode_outbound,
 };
 use crate::model::{Entity, EntityId};
 
@@ -20,9 +20,16 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const GATE_OUT: TableDefinition<u64, &[u8]> = TableDefinition::new("gate_outbound");
 /// Jump-gate transfers applied here (the idempotency table): transfer id -> entity id.
 const GATE_ARRIVALS: TableDefinition<&str, u64> = TableDefinition::new("gate_arrivals");
+/// Records kept as bytes by key: `partition` (a `PartitionRecord`).
+const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
 
 pub struct EmbeddedStore {
-    db: Arc<Database>,
+    path: PathBuf,
+    /// `None` after a failed operation: redb refuses every later transaction
+    /// once an I/O error (e.g. ENOSPC on a full volume) hit it ("close and
+    /// re-open the database"), so the next operation opens the file again
+    /// instead of failing forever.
+    db: Mutex<Option<Arc<Database>>>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -32,14 +39,16 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
 impl EmbeddedStore {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(unavailable)?;
-        let db = Database::create(dir.join("starmesh.redb")).map_err(unavailable)?;
+        let path = dir.join("starmesh.redb");
+        let db = Database::create(&path).map_err(unavailable)?;
         let tx = db.begin_write().map_err(unavailable)?;
         tx.open_table(ENTITIES).map_err(unavailable)?;
         tx.open_table(META).map_err(unavailable)?;
         tx.open_table(GATE_OUT).map_err(unavailable)?;
         tx.open_table(GATE_ARRIVALS).map_err(unavailable)?;
+        tx.open_table(RECORDS).map_err(unavailable)?;
         tx.commit().map_err(unavailable)?;
-        Ok(Self { db: Arc::new(db) })
+        Ok(Self { path, db: Mutex::new(Some(Arc::new(db))) })
     }
 
     /// redb is synchronous: run it on the blocking pool, off the reactor.
@@ -47,8 +56,35 @@ impl EmbeddedStore {
         &self,
         f: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || f(&db)).await.map_err(unavailable)?
+        let db = {
+            let mut slot = self.db.lock().unwrap_or_else(|p| p.into_inner());
+            match slot.as_ref() {
+                Some(db) => db.clone(),
+                None => {
+                    // Fails (DatabaseAlreadyOpen) while an operation still holds
+                    // the old handle; the caller retries.
+                    let db = Arc::new(Database::create(&self.path).map_err(unavailable)?);
+                    tracing::info!(path = %self.path.display(), "embedded store re-opened after an I/O error");
+                    *slot = Some(db.clone());
+                    db
+                }
+            }
+        };
+        let r = tokio::task::spawn_blocking({
+            let db = db.clone();
+            move || f(&db)
+        })
+        .await
+        .map_err(unavailable)?;
+        if matches!(r, Err(StoreError::Unavailable(_))) {
+            // Drop this handle so the next operation re-opens the file (only
+            // if nobody re-opened it meanwhile).
+            let mut slot = self.db.lock().unwrap_or_else(|p| p.into_inner());
+            if slot.as_ref().is_some_and(|cur| Arc::ptr_eq(cur, &db)) {
+                *slot = None;
+            }
+        }
+        r
     }
 }
 
@@ -127,6 +163,35 @@ impl Store for EmbeddedStore {
 
     fn name(&self) -> &'static str {
         "embedded"
+    }
+
+    async fn load_partition(&self) -> Result<Option<PartitionRecord>, StoreError> {
+        self.blocking(|db| {
+            let tx = db.begin_read().map_err(unavailable)?;
+            let t = tx.open_table(RECORDS).map_err(unavailable)?;
+            let v = t.get("partition").map_err(unavailable)?;
+            v.map(|v| PartitionRecord::decode(v.value())).transpose()
+        })
+        .await
+    }
+
+    async fn save_partition(&self, record: &PartitionRecord) -> Result<(), StoreError> {
+        let (version, bytes) = (record.version, record.encode());
+        self.blocking(move |db| {
+            let tx = db.begin_write().map_err(unavailable)?;
+            {
+                let mut t = tx.open_table(RECORDS).map_err(unavailable)?;
+                let newer = match t.get("partition").map_err(unavailable)? {
+                    Some(old) => PartitionRecord::decode(old.value())?.version < version,
+                    None => true,
+                };
+                if newer {
+                    t.insert("partition", bytes.as_slice()).map_err(unavailable)?;
+                }
+            }
+            tx.commit().map_err(unavailable)
+        })
+        .await
     }
 
     async fn gate_depart(&self, t: &Outbound) -> Result<(), StoreError> {
@@ -307,5 +372,24 @@ mod tests {
         all.sort_by_key(|e| e.id);
         assert_eq!(all, vec![ent(1, 5), ent(2, 1)]);
         assert_eq!(s.load(&[2, 99]).await.unwrap(), vec![ent(2, 1)]);
+    }
+
+    #[tokio::test]
+    async fn the_partition_survives_reopen_and_an_older_save_never_wins() {
+        use starmesh_api::partition::{Axis, Partition, Plane};
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = Partition::default();
+        p.split("earth", Plane { axis: Axis::X, at: 1.5 });
+        let newer = PartitionRecord { version: 2, partition: p };
+        {
+            let s = EmbeddedStore::open(dir.path()).unwrap();
+            assert_eq!(s.load_partition().await.unwrap(), None);
+            s.save_partition(&newer).await.unwrap();
+            s.save_partition(&PartitionRecord { version: 1, partition: Partition::default() })
+                .await
+                .unwrap();
+        }
+        let s = EmbeddedStore::open(dir.path()).unwrap();
+        assert_eq!(s.load_partition().await.unwrap(), Some(newer));
     }
 }

@@ -76,6 +76,28 @@ pub struct Outbound {
     pub phase: OutboundPhase,
 }
 
+/// The shard's partition (a dynamic layout's cells), as the replicant saves
+/// it after every change and loads it before the entities.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PartitionRecord {
+    /// Bumped by every change; a save never replaces a newer version.
+    pub version: u64,
+    pub partition: starmesh_api::partition::Partition,
+}
+
+impl PartitionRecord {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        // A map of strings to plain numbers: serialising cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Read back like anything else off disk: checked, never trusted. (The
+    /// partition's cells are validated against the layout by the replicant.)
+    pub(crate) fn decode(b: &[u8]) -> Result<Self, StoreError> {
+        serde_json::from_slice(b).map_err(|e| StoreError::Corrupt(format!("partition: {e}")))
+    }
+}
+
 /// What `Store::gate_arrive` did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Arrived {
@@ -94,6 +116,12 @@ pub trait Store: Send + Sync + 'static {
     async fn load_all(&self) -> Result<Vec<Entity>, StoreError>;
     async fn load(&self, ids: &[EntityId]) -> Result<Vec<Entity>, StoreError>;
     fn name(&self) -> &'static str;
+
+    /// The partition last saved, if any.
+    async fn load_partition(&self) -> Result<Option<PartitionRecord>, StoreError>;
+    /// Saves the partition, unless a newer version is stored already (saves
+    /// of successive changes may finish out of order).
+    async fn save_partition(&self, record: &PartitionRecord) -> Result<(), StoreError>;
 
     // Jump gates (see `replicant::gate`). Each call is one atomic transaction.
 

@@ -11,8 +11,8 @@ use tokio::sync::Mutex;
 use tokio_postgres::{Client, NoTls};
 
 use super::{
-    Arrived, CommitBatch, Outbound, OutboundPhase, Store, StoreError, decode, decode_outbound,
-    encode, encode_outbound,
+    Arrived, CommitBatch, Outbound, OutboundPhase, PartitionRecord, Store, StoreError, decode,
+    decode_outbound, encode, encode_outbound,
 };
 use crate::model::{Entity, EntityId};
 
@@ -35,6 +35,11 @@ CREATE TABLE IF NOT EXISTS starmesh_gate_outbound (
 CREATE TABLE IF NOT EXISTS starmesh_gate_arrivals (
     transfer_id TEXT PRIMARY KEY,
     entity_id BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS starmesh_partition (
+    id SMALLINT PRIMARY KEY,
+    version BIGINT NOT NULL,
+    record BYTEA NOT NULL
 );";
 
 const UPSERT: &str = "
@@ -165,6 +170,38 @@ impl Store for PostgresStore {
 
     fn name(&self) -> &'static str {
         "postgres"
+    }
+
+    async fn load_partition(&self) -> Result<Option<PartitionRecord>, StoreError> {
+        self.with_client(|c| {
+            Box::pin(async move {
+                let row = c
+                    .query_opt("SELECT record FROM starmesh_partition WHERE id = 1", &[])
+                    .await
+                    .map_err(unavailable)?;
+                row.map(|r| PartitionRecord::decode(r.get::<_, &[u8]>(0))).transpose()
+            })
+        })
+        .await
+    }
+
+    async fn save_partition(&self, record: &PartitionRecord) -> Result<(), StoreError> {
+        let version = to_sql(record.version);
+        let bytes = record.encode();
+        self.with_client(move |c| {
+            Box::pin(async move {
+                c.execute(
+                    "INSERT INTO starmesh_partition (id, version, record) VALUES (1, $1, $2)
+                     ON CONFLICT (id) DO UPDATE SET version = excluded.version, record = excluded.record
+                     WHERE starmesh_partition.version < excluded.version",
+                    &[&version, &bytes],
+                )
+                .await
+                .map_err(unavailable)?;
+                Ok(())
+            })
+        })
+        .await
     }
 
     async fn gate_depart(&self, t: &Outbound) -> Result<(), StoreError> {

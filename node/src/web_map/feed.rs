@@ -17,6 +17,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
+use crate::local::autoscaler::{Decision, Decisions};
 use crate::replicant::{Shared, tick};
 
 /// One entity as the map needs it: kind, position (km, rounded) and territory.
@@ -39,6 +40,15 @@ pub struct Sample {
     pub evicted: u64,
     /// The replicant's `starmesh_handoffs_total`.
     pub handoffs_total: u64,
+    /// A dynamic layout's partition: its version and every split (cell, axis, plane).
+    pub cells: Cells,
+}
+
+/// The partition as the map draws it (`replicant::partition`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Cells {
+    pub version: u64,
+    pub splits: Vec<(String, &'static str, f64)>,
 }
 
 impl Sample {
@@ -63,6 +73,16 @@ impl Sample {
         let live = core.world.authority.live_servers().map(|(n, _)| n.to_string()).collect();
         let players =
             tick::player_counts(&core).into_iter().map(|(t, n)| (t.to_string(), n)).collect();
+        let cells = Cells {
+            version: core.partition.version,
+            splits: core
+                .world
+                .map
+                .partition()
+                .splits()
+                .map(|(c, p)| (c.clone(), p.axis.as_str(), p.at))
+                .collect(),
+        };
         Sample {
             tick: core.world.tick(),
             entities,
@@ -71,6 +91,7 @@ impl Sample {
             players,
             evicted: core.world.evicted_len() as u64,
             handoffs_total: shared.metrics.handoffs.get(),
+            cells,
         }
     }
 }
@@ -101,6 +122,8 @@ pub struct State {
     pub ever_seen: HashSet<u64>,
     pub peak_players: u64,
     pub takeovers: u64,
+    /// The local autoscaler's decisions as last sent.
+    pub decisions: Vec<Decision>,
 }
 
 /// What one step observed, before it is encoded for browsers.
@@ -114,6 +137,9 @@ pub struct Diff {
     pub events: Vec<MapEvent>,
     pub handoffs: u64,
     pub takeovers: u64,
+    /// The partition changed: cells came and went, so the browser replaces
+    /// its assignments (sent whole) instead of merging them.
+    pub cells_changed: bool,
 }
 
 impl State {
@@ -171,6 +197,20 @@ impl State {
                 territory: None,
             });
         }
+        d.cells_changed = prev.cells != next.cells
+            || prev.assignments.keys().any(|t| !next.assignments.contains_key(t));
+        if d.cells_changed {
+            d.events.push(MapEvent {
+                tick: next.tick,
+                kind: "cells",
+                text: format!(
+                    "partition v{}: {} cells",
+                    next.cells.version,
+                    next.assignments.len()
+                ),
+                territory: None,
+            });
+        }
         for (t, (o, epoch)) in &next.assignments {
             let before = prev.assignments.get(t);
             if before == Some(&(o.clone(), *epoch)) {
@@ -178,7 +218,8 @@ impl State {
             }
             d.assignments.insert(t.clone(), (o.clone(), *epoch));
             let was = before.and_then(|(o, _)| o.clone());
-            if was == *o {
+            if was == *o || (before.is_none() && d.cells_changed) {
+                // A new cell's first owner is part of the partition change.
                 continue;
             }
             let epoch = EpochText(*epoch);
@@ -223,6 +264,8 @@ impl State {
             "evicted": s.evicted,
             "events": self.events.iter().map(event_json).collect::<Vec<_>>(),
             "totals": self.totals_json(),
+            "cells": cells_json(&s.cells),
+            "decisions": self.decisions,
         })
     }
 
@@ -244,6 +287,13 @@ impl std::fmt::Display for EpochText {
 /// are exact only up to 2^53.
 fn row_json(id: u64, r: &Row) -> Value {
     json!([id.to_string(), r.kind, r.pos[0], r.pos[1], r.pos[2], &*r.territory])
+}
+
+fn cells_json(c: &Cells) -> Value {
+    json!({
+        "version": c.version,
+        "splits": c.splits.iter().map(|(cell, axis, at)| json!({"cell": cell, "axis": axis, "at": at})).collect::<Vec<_>>(),
+    })
 }
 
 fn event_json(e: &MapEvent) -> Value {
@@ -268,7 +318,10 @@ fn delta_json(seq: u64, tick: u64, d: &Diff, st: &State) -> Value {
         "events": d.events.iter().take(MAX_EVENTS_PER_DELTA).map(event_json).collect::<Vec<_>>(),
         "evicted": next.evicted,
     });
-    if !d.assignments.is_empty() {
+    if d.cells_changed {
+        v["cells"] = cells_json(&next.cells);
+        v["assignments"] = assignments_json(&next.assignments);
+    } else if !d.assignments.is_empty() {
         v["assignments"] = assignments_json(&d.assignments);
     }
     if d.live_changed {
@@ -284,6 +337,8 @@ fn delta_json(seq: u64, tick: u64, d: &Diff, st: &State) -> Value {
 pub struct Feed {
     state: Mutex<State>,
     tx: Mutex<Option<broadcast::Sender<Arc<str>>>>,
+    /// The local autoscaler's decision log, when the layout is dynamic.
+    decisions: Mutex<Option<Arc<Decisions>>>,
 }
 
 impl Default for Feed {
@@ -296,7 +351,16 @@ impl Feed {
     pub fn new() -> Self {
         // A browser more than this many deltas behind gets a fresh snapshot instead.
         let (tx, _) = broadcast::channel(64);
-        Self { state: Mutex::new(State::default()), tx: Mutex::new(Some(tx)) }
+        Self {
+            state: Mutex::new(State::default()),
+            tx: Mutex::new(Some(tx)),
+            decisions: Mutex::new(None),
+        }
+    }
+
+    /// Shows the local autoscaler's decisions on the map.
+    pub fn show_decisions(&self, d: Arc<Decisions>) {
+        *self.decisions.lock().unwrap_or_else(|p| p.into_inner()) = Some(d);
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -334,12 +398,21 @@ impl Feed {
     /// One sampling step; returns the encoded delta (also broadcast).
     pub fn step(&self, next: Sample) -> Option<Arc<str>> {
         let tick = next.tick;
+        let decisions =
+            self.decisions.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|d| d.list());
         let encoded: Arc<str> = {
             let mut st = self.state();
             st.seq += 1;
             let seq = st.seq;
             let d = st.step(next);
-            delta_json(seq, tick, &d, &st).to_string().into()
+            let mut v = delta_json(seq, tick, &d, &st);
+            if let Some(list) = decisions
+                && list != st.decisions
+            {
+                v["decisions"] = json!(list);
+                st.decisions = list;
+            }
+            v.to_string().into()
         };
         if let Some(tx) = self.tx.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
             // No receiver is fine: nobody has the page open.
@@ -393,6 +466,7 @@ mod tests {
             players: BTreeMap::new(),
             evicted: 0,
             handoffs_total: 0,
+            cells: Cells::default(),
         }
     }
 
@@ -429,6 +503,54 @@ mod tests {
         assert_eq!(snap["entities"].as_array().map(Vec::len), Some(1));
         feed.close();
         assert!(feed.subscribe().is_none(), "closed: event streams end");
+    }
+
+    #[test]
+    fn a_partition_change_sends_the_cells_and_every_assignment_whole() {
+        let feed = Feed::new();
+        let mut rx = feed.subscribe().expect("open");
+        feed.step(sample(1, &[(1, "a")], &[("a", "s1"), ("b", "s1")], &["s1"]));
+        let _ = rx.try_recv();
+        let mut next =
+            sample(2, &[(1, "a/0")], &[("a/0", "s1"), ("a/1", "s2"), ("b", "s1")], &["s1", "s2"]);
+        next.cells = Cells { version: 1, splits: vec![("a".into(), "x", 2.5)] };
+        feed.step(next);
+        let d: Value = serde_json::from_str(&rx.try_recv().expect("delta")).expect("json");
+        assert_eq!(d["cells"]["version"], json!(1));
+        assert_eq!(d["cells"]["splits"][0], json!({"cell": "a", "axis": "x", "at": 2.5}));
+        let a = d["assignments"].as_object().expect("assignments");
+        assert_eq!(a.len(), 3, "whole, so the browser drops `a`: {a:?}");
+        assert!(!a.contains_key("a"));
+        let kinds: Vec<&str> = d["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .filter_map(|e| e["kind"].as_str())
+            .collect();
+        assert!(kinds.contains(&"cells") && !kinds.contains(&"takeover"), "{kinds:?}");
+        // The autoscaler's decisions go out when they change.
+        let log = Arc::new(Decisions::default());
+        feed.show_decisions(log.clone());
+        log.push(Decision {
+            at_unix: 1,
+            action: "split".into(),
+            subject: "a".into(),
+            message: "a holds 9 players".into(),
+        });
+        let mut same =
+            sample(3, &[(1, "a/0")], &[("a/0", "s1"), ("a/1", "s2"), ("b", "s1")], &["s1", "s2"]);
+        same.cells = Cells { version: 1, splits: vec![("a".into(), "x", 2.5)] };
+        feed.step(same.clone());
+        let d: Value = serde_json::from_str(&rx.try_recv().expect("delta")).expect("json");
+        assert_eq!(d["decisions"][0]["action"], json!("split"));
+        assert!(d.get("cells").is_none(), "unchanged partition not resent");
+        same.tick = 4;
+        feed.step(same);
+        let d: Value = serde_json::from_str(&rx.try_recv().expect("delta")).expect("json");
+        assert!(d.get("decisions").is_none(), "unchanged decisions not resent");
+        let snap: Value = serde_json::from_str(&feed.snapshot()).expect("json");
+        assert_eq!(snap["decisions"].as_array().map(Vec::len), Some(1));
+        assert_eq!(snap["cells"]["version"], json!(1));
     }
 
     #[test]

@@ -22,6 +22,12 @@ pub const MAX_COORD_KM: f64 = 1e12;
 pub const MAX_SPEED_KM_S: f64 = 1e6;
 pub const MAX_RADIUS_KM: f64 = 1e9;
 
+/// The ServerLink protocol version this build speaks (`node/proto/PROTOCOL.md`).
+/// Bumped only by an incompatible change; additive fields keep it.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// The oldest ServerLink version a replicant of this build still accepts.
+pub const MIN_PROTOCOL_VERSION: u32 = 1;
+
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum WireError {
     #[error("field `{0}` is missing")]
@@ -34,11 +40,37 @@ pub enum WireError {
     TooLong { field: &'static str, len: usize, max: usize },
     #[error("unexpected message: {0}")]
     Unexpected(&'static str),
+    #[error(
+        "ServerLink protocol version {server} is not supported: this replicant speaks \
+         versions {min}..={replicant} (see node/proto/PROTOCOL.md)"
+    )]
+    Version { server: u32, replicant: u32, min: u32 },
 }
 
 impl From<WireError> for tonic::Status {
     fn from(e: WireError) -> Self {
-        tonic::Status::invalid_argument(format!("starmesh.wire: {e}"))
+        match e {
+            // Not a malformed message: a well-formed one from an incompatible peer.
+            WireError::Version { .. } => {
+                tonic::Status::failed_precondition(format!("starmesh.wire: {e}"))
+            }
+            _ => tonic::Status::invalid_argument(format!("starmesh.wire: {e}")),
+        }
+    }
+}
+
+/// The version a `Hello` declares, if this replicant speaks it. 0 (unset) is
+/// a server from before versioning, which spoke version 1.
+pub fn protocol_version(v: u32) -> Result<u32> {
+    let v = if v == 0 { 1 } else { v };
+    if (MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&v) {
+        Ok(v)
+    } else {
+        Err(WireError::Version {
+            server: v,
+            replicant: PROTOCOL_VERSION,
+            min: MIN_PROTOCOL_VERSION,
+        })
     }
 }
 
@@ -85,10 +117,59 @@ fn radius(r: f64, field: &'static str) -> Result<f64> {
     Ok(r)
 }
 
+/// Custom components in one entity (`CustomComponent`); far more than a game
+/// needs, few enough that a set is cheap to check.
+pub const MAX_CUSTOM_COMPONENTS: usize = 64;
+
+/// A registered type name: 1..=64 bytes of `a-z 0-9 . _ -`, starting with a letter.
+pub fn component_type_name(s: &str) -> Result<()> {
+    const FIELD: &str = "write.custom.type_name";
+    text(s, FIELD, false)?;
+    let ok = s.starts_with(|c: char| c.is_ascii_lowercase())
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+    if !ok {
+        return Err(WireError::OutOfRange(FIELD));
+    }
+    Ok(())
+}
+
+/// Validates typed custom components and encodes them as the entity's
+/// `components` (a `ComponentSet` sorted by type name, so the same set is
+/// always the same bytes), within the components bound.
+pub fn component_set(mut custom: Vec<pb::CustomComponent>) -> Result<Bytes> {
+    use prost::Message;
+    if custom.len() > MAX_CUSTOM_COMPONENTS {
+        return Err(WireError::OutOfRange("write.custom"));
+    }
+    for c in &custom {
+        component_type_name(&c.type_name)?;
+        if c.schema_version == 0 {
+            return Err(WireError::Missing("write.custom.schema_version"));
+        }
+    }
+    custom.sort_by(|a, b| a.type_name.cmp(&b.type_name));
+    if custom.windows(2).any(|p| p[0].type_name == p[1].type_name) {
+        return Err(WireError::Unexpected("write.custom: a type name twice"));
+    }
+    let set = pb::ComponentSet { custom };
+    let len = set.encoded_len();
+    if len > MAX_COMPONENT_BYTES {
+        return Err(WireError::TooLong { field: "write.custom", len, max: MAX_COMPONENT_BYTES });
+    }
+    Ok(Bytes::from(set.encode_to_vec()))
+}
+
 pub fn entity_write(w: pb::EntityWrite) -> Result<EntityWrite> {
     if w.id == 0 {
         return Err(WireError::Missing("write.id"));
     }
+    let components = if w.custom.is_empty() {
+        bytes(w.components, "write.components", MAX_COMPONENT_BYTES)?
+    } else if !w.components.is_empty() {
+        return Err(WireError::Unexpected("write with both components and custom"));
+    } else {
+        component_set(w.custom)?
+    };
     Ok(EntityWrite {
         seq: w.seq,
         epoch: w.epoch,
@@ -97,7 +178,7 @@ pub fn entity_write(w: pb::EntityWrite) -> Result<EntityWrite> {
         position: vec3(w.position.as_ref(), "write.position", MAX_COORD_KM)?,
         velocity: vec3(w.velocity.as_ref(), "write.velocity", MAX_SPEED_KM_S)?,
         location: text(&w.location, "write.location", true)?,
-        components: bytes(w.components, "write.components", MAX_COMPONENT_BYTES)?,
+        components,
     })
 }
 
@@ -183,6 +264,7 @@ pub fn server_message(m: pb::ServerMessage) -> Result<ServerCommand> {
     use pb::server_message::Msg;
     match m.msg.ok_or(WireError::Missing("msg"))? {
         Msg::Hello(h) => {
+            protocol_version(h.protocol_version)?;
             Ok(ServerCommand::Hello(text(&h.server_name, "hello.server_name", false)?))
         }
         Msg::Heartbeat(_) => Ok(ServerCommand::Heartbeat),
@@ -237,7 +319,7 @@ pub fn entity_from_pb(e: pb::EntityState) -> Result<Entity> {
         version: e.version,
         components: bytes(e.components, "entity.components", MAX_COMPONENT_BYTES)?,
         components_version: e.components_version,
-        territory: text(&e.territory, "entity.territory", true)?,
+        territory: cell_name(&e.territory, "entity.territory", true)?,
     })
 }
 
@@ -259,6 +341,43 @@ pub fn entity_to_pb(e: &Entity) -> pb::EntityState {
     }
 }
 
+/// A territory name: a location's (at most `MAX_NAME_LEN`) and, in a dynamic
+/// layout, `/0` or `/1` per split (`starmesh_api::partition::MAX_SPLIT_DEPTH`).
+pub const MAX_CELL_NAME_LEN: usize = MAX_NAME_LEN + 2 * starmesh_api::partition::MAX_SPLIT_DEPTH;
+
+fn cell_name(s: &str, field: &'static str, allow_empty: bool) -> Result<Arc<str>> {
+    if s.len() > MAX_CELL_NAME_LEN {
+        return Err(WireError::TooLong { field, len: s.len(), max: MAX_CELL_NAME_LEN });
+    }
+    if s.is_empty() && !allow_empty {
+        return Err(WireError::Missing(field));
+    }
+    Ok(Arc::from(s))
+}
+
+/// Admin `SetPartition`: at most this many cells named per request.
+pub const MAX_PARTITION_CHANGES: usize = 256;
+
+/// Admin `SetPartition` as (cells to split, parents to merge), each name
+/// non-empty and within `MAX_NAME_LEN`, duplicates removed. Whether the
+/// cells exist is the replicant's state to judge, not the wire's.
+pub fn partition_request(r: pb::SetPartitionRequest) -> Result<(Vec<String>, Vec<String>)> {
+    if r.split.len() + r.merge.len() > MAX_PARTITION_CHANGES {
+        return Err(WireError::OutOfRange("set_partition: too many cells"));
+    }
+    let names = |v: Vec<String>, field| -> Result<Vec<String>> {
+        let mut out: Vec<String> = Vec::with_capacity(v.len());
+        for c in v {
+            cell_name(&c, field, false)?;
+            if !out.contains(&c) {
+                out.push(c);
+            }
+        }
+        Ok(out)
+    };
+    Ok((names(r.split, "set_partition.split")?, names(r.merge, "set_partition.merge")?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,7 +392,83 @@ mod tests {
             velocity: Some(pb::Vec3::default()),
             location: "earth".into(),
             components: Bytes::from_static(b"abc"),
+            custom: vec![],
         }
+    }
+
+    fn comp(name: &str, v: u32, data: &[u8]) -> pb::CustomComponent {
+        pb::CustomComponent {
+            type_name: name.into(),
+            schema_version: v,
+            data: Bytes::copy_from_slice(data),
+        }
+    }
+
+    #[test]
+    fn custom_components_are_validated_and_stored_as_a_sorted_component_set() {
+        use prost::Message;
+        let mut w = good_write();
+        w.components = Bytes::new();
+        w.custom = vec![comp("acme.cargo", 2, b"ore"), comp("acme.crew", 1, b"4")];
+        let a = entity_write(w.clone()).unwrap().components;
+        w.custom.reverse();
+        let b = entity_write(w.clone()).unwrap().components;
+        assert_eq!(a, b, "the same set is the same bytes, whatever the order");
+        let set = pb::ComponentSet::decode(a.as_ref()).unwrap();
+        assert_eq!(set.custom[0], comp("acme.cargo", 2, b"ore"));
+        assert_eq!(set.custom.len(), 2);
+
+        let bad = |custom: Vec<pb::CustomComponent>, components: &'static [u8]| {
+            let mut w = good_write();
+            w.components = Bytes::from_static(components);
+            w.custom = custom;
+            entity_write(w).unwrap_err()
+        };
+        let field = "write.custom.type_name";
+        assert_eq!(bad(vec![comp("", 1, b"")], b""), WireError::Missing(field));
+        assert_eq!(bad(vec![comp("Acme", 1, b"")], b""), WireError::OutOfRange(field));
+        assert_eq!(bad(vec![comp("1acme", 1, b"")], b""), WireError::OutOfRange(field));
+        assert_eq!(bad(vec![comp("a b", 1, b"")], b""), WireError::OutOfRange(field));
+        let long = "a".repeat(MAX_NAME_LEN + 1);
+        assert!(matches!(bad(vec![comp(&long, 1, b"")], b""), WireError::TooLong { .. }));
+        assert_eq!(
+            bad(vec![comp("a", 0, b"")], b""),
+            WireError::Missing("write.custom.schema_version")
+        );
+        assert!(matches!(
+            bad(vec![comp("a", 1, b""), comp("a", 2, b"")], b""),
+            WireError::Unexpected(_)
+        ));
+        assert!(matches!(bad(vec![comp("a", 1, b"")], b"raw"), WireError::Unexpected(_)));
+        let big = vec![0u8; MAX_COMPONENT_BYTES];
+        assert!(matches!(
+            bad(vec![comp("a", 1, &big)], b""),
+            WireError::TooLong { field: "write.custom", .. }
+        ));
+        let many = (0..=MAX_CUSTOM_COMPONENTS).map(|i| comp(&format!("t{i}"), 1, b"")).collect();
+        assert_eq!(bad(many, b""), WireError::OutOfRange("write.custom"));
+    }
+
+    #[test]
+    fn hello_versions_unset_means_one_and_unknown_is_a_typed_refusal() {
+        assert_eq!(protocol_version(0), Ok(1));
+        assert_eq!(protocol_version(PROTOCOL_VERSION), Ok(PROTOCOL_VERSION));
+        let e = protocol_version(PROTOCOL_VERSION + 1).unwrap_err();
+        let st = tonic::Status::from(e);
+        assert_eq!(st.code(), tonic::Code::FailedPrecondition);
+        let want = format!(
+            "protocol version {} is not supported: this replicant speaks versions {MIN_PROTOCOL_VERSION}..={PROTOCOL_VERSION}",
+            PROTOCOL_VERSION + 1
+        );
+        assert!(st.message().contains(&want), "{}", st.message());
+        let hello = |v| pb::ServerMessage {
+            msg: Some(pb::server_message::Msg::Hello(pb::Hello {
+                server_name: "s".into(),
+                protocol_version: v,
+            })),
+        };
+        assert!(matches!(server_message(hello(1)), Ok(ServerCommand::Hello(_))));
+        assert!(matches!(server_message(hello(99)), Err(WireError::Version { server: 99, .. })));
     }
 
     #[test]
@@ -370,6 +565,33 @@ mod tests {
             e.id = 0;
         }
         assert_eq!(arrive_request(r), Err(WireError::Missing("arrive.entity.id")));
+    }
+
+    #[test]
+    fn partition_requests_are_bounded_and_deduplicated() {
+        let r = pb::SetPartitionRequest {
+            split: vec!["a/0".into(), "a/0".into(), "b".into()],
+            merge: vec!["c".into()],
+        };
+        assert_eq!(
+            partition_request(r),
+            Ok((vec!["a/0".to_string(), "b".to_string()], vec!["c".to_string()]))
+        );
+        let r = pb::SetPartitionRequest { split: vec![String::new()], merge: vec![] };
+        assert_eq!(partition_request(r), Err(WireError::Missing("set_partition.split")));
+        let deepest = format!("{}{}", "x".repeat(MAX_NAME_LEN), "/1".repeat(6));
+        let r = pb::SetPartitionRequest { split: vec![deepest], merge: vec![] };
+        assert!(partition_request(r).is_ok(), "the longest location name, split 6 deep");
+        let r = pb::SetPartitionRequest {
+            split: vec![],
+            merge: vec!["x".repeat(MAX_CELL_NAME_LEN + 1)],
+        };
+        assert!(matches!(partition_request(r), Err(WireError::TooLong { .. })));
+        let r = pb::SetPartitionRequest {
+            split: vec!["a".into(); MAX_PARTITION_CHANGES + 1],
+            merge: vec![],
+        };
+        assert!(matches!(partition_request(r), Err(WireError::OutOfRange(_))));
     }
 
     #[test]

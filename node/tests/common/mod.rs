@@ -67,6 +67,7 @@ pub fn write(seq: u64, epoch: u64, id: u64, p: (f64, f64, f64)) -> pb::ServerMes
         velocity: v(0.0, 0.0, 0.0),
         location: String::new(),
         components: bytes::Bytes::from(format!("state-{seq}")),
+        custom: vec![],
     }))
 }
 
@@ -77,9 +78,12 @@ impl ServerClient {
                 .await
                 .expect("connect");
         let (tx, rx) = mpsc::channel(1024);
-        tx.send(msg(server_message::Msg::Hello(pb::Hello { server_name: name.into() })))
-            .await
-            .unwrap();
+        tx.send(msg(server_message::Msg::Hello(pb::Hello {
+            server_name: name.into(),
+            protocol_version: 1,
+        })))
+        .await
+        .unwrap();
         let rx = client
             .session(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await

@@ -34,6 +34,11 @@ fn collect(r: impl Read + Send + 'static, into: Arc<Mutex<Vec<String>>>, echo: &
 
 impl LocalMesh {
     pub fn spawn(data: &Path, args: &[&str]) -> LocalMesh {
+        LocalMesh::spawn_logging(data, args, "warn")
+    }
+
+    /// With `RUST_LOG` set to `log` (e.g. to read the autoscaler's decisions).
+    pub fn spawn_logging(data: &Path, args: &[&str], log: &str) -> LocalMesh {
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
         let mut child = Command::new(env!("CARGO_BIN_EXE_starmesh"))
@@ -42,7 +47,7 @@ impl LocalMesh {
             .arg(data)
             .args(["--listen", &addr.to_string()])
             .args(args)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", log)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -145,9 +145,14 @@ fn s(v: &str) -> String {
 
 impl Mesh {
     pub fn start(servers: &[&str]) -> Mesh {
+        Mesh::start_with(&manifest("stanton.yaml"), &manifest("stanton-layout.yaml"), servers)
+    }
+
+    /// The mesh of another StarSystem and ServerLayout (e.g. a dynamic one).
+    pub fn start_with(system: &Path, layout: &Path, servers: &[&str]) -> Mesh {
         let dir = tempfile::tempdir().expect("tempdir");
-        let system = manifest("stanton.yaml").display().to_string();
-        let layout = manifest("stanton-layout.yaml").display().to_string();
+        let system = system.display().to_string();
+        let layout = layout.display().to_string();
         let data = dir.path().join("data").display().to_string();
         let (replicant, line) = Proc::spawn(
             dir.path(),
@@ -252,6 +257,26 @@ impl Mesh {
         let t = Instant::now();
         sv.proc.kill_9();
         t
+    }
+
+    /// Starts one more game server (e.g. the capacity a split asks for).
+    pub fn add_server(&mut self, name: &str) {
+        let (proc, line) = Proc::spawn(
+            self.dir.path(),
+            &format!("server-{name}"),
+            &[
+                s("server"),
+                s("--replicant"),
+                self.grpc.to_string(),
+                s("--name"),
+                s(name),
+                s("--metrics"),
+                s("127.0.0.1:0"),
+            ],
+        );
+        let metrics = addr(&line, "metrics=");
+        wait_ready(&proc, metrics, Duration::from_secs(30));
+        self.servers.push(Server { name: s(name), metrics, proc });
     }
 
     /// Starts a killed server again under the same name.

@@ -7,9 +7,11 @@
 // kube's `printcolumn(name = .., type_ = ..)` repeats keys by design.
 #![allow(clippy::duplicated_attributes)]
 
+pub mod autoscale;
 pub mod crds;
 pub mod geometry;
 pub mod partition;
+pub mod reference;
 pub mod server_layout;
 pub mod star_system;
 pub mod validation;

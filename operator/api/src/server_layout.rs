@@ -73,12 +73,28 @@ pub struct ServerLayoutSpec {
     /// The container image of the node binary (replicant, servers, gateway).
     #[serde(default)]
     pub image: Image,
+    /// The studio's own game-server image, run by the game-server pods in place of `image`
+    /// (the replicant and the gateway keep `image`): a program built with `starmesh-sdk`
+    /// (`starmesh_sdk::main`), or any that speaks the ServerLink protocol. It gets the
+    /// contract of `starmesh server`: the argument `server`, the `STARMESH_*` environment
+    /// (mesh map, shard, tick rate, system file, metrics address), `POD_NAME`, and must serve
+    /// `/healthz` and `/readyz` on the metrics port (see node/sdk/).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub game_server_image: Option<Image>,
     /// Requests and limits per role.
     #[serde(default)]
     pub resources: RoleResources,
     /// How players reach the gateway.
     #[serde(default)]
     pub gateway: Gateway,
+    /// When set, the operator drives `shards` (through the scale subresource, as an
+    /// HorizontalPodAutoscaler would) from the players per shard; when absent, `shards`
+    /// is the user's or an HPA's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard_autoscaling: Option<ShardAutoscaling>,
+    /// Where the autoscaler reads the players per shard and cell.
+    #[serde(default, skip_serializing_if = "PlayerCounts::is_default")]
+    pub player_counts: PlayerCounts,
 }
 
 fn default_shards() -> i32 {
@@ -178,6 +194,96 @@ impl Default for DynamicLayout {
             cooldown_seconds: default_cooldown_seconds(),
         }
     }
+}
+
+/// Bounds of shard autoscaling.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ShardAutoscaling {
+    /// Fewest shards.
+    #[serde(default = "default_min_shards")]
+    #[schemars(range(min = 1, max = 64))]
+    pub min_shards: i32,
+    /// Most shards.
+    #[serde(default = "default_max_shards")]
+    #[schemars(range(min = 1, max = 64))]
+    pub max_shards: i32,
+    /// Players one shard is sized for: a shard is added when the players exceed this
+    /// times the shards.
+    #[serde(default = "default_target_players_per_shard")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub target_players_per_shard: u32,
+    /// How long fewer shards must do before the highest one is drained.
+    #[serde(default = "default_shard_cooldown_seconds")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub cooldown_seconds: u32,
+}
+
+fn default_min_shards() -> i32 {
+    1
+}
+fn default_max_shards() -> i32 {
+    4
+}
+fn default_target_players_per_shard() -> u32 {
+    500
+}
+fn default_shard_cooldown_seconds() -> u32 {
+    300
+}
+
+impl Default for ShardAutoscaling {
+    fn default() -> Self {
+        ShardAutoscaling {
+            min_shards: default_min_shards(),
+            max_shards: default_max_shards(),
+            target_players_per_shard: default_target_players_per_shard(),
+            cooldown_seconds: default_shard_cooldown_seconds(),
+        }
+    }
+}
+
+/// Which source the autoscaler reads player counts from.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default, JsonSchema)]
+pub enum PlayerCountSource {
+    /// Each shard's replicant, through its Admin service (`GetPartition`).
+    #[default]
+    Replicant,
+    /// A PromQL query against `prometheus.url`.
+    Prometheus,
+}
+
+/// Where player counts come from. Either way they are the `starmesh_players` metric.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PlayerCounts {
+    #[serde(default)]
+    pub source: PlayerCountSource,
+    /// Required when `source` is `Prometheus`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<PrometheusSource>,
+}
+
+impl PlayerCounts {
+    pub fn is_default(&self) -> bool {
+        *self == PlayerCounts::default()
+    }
+}
+
+/// A Prometheus HTTP API to query.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PrometheusSource {
+    /// Base URL of the Prometheus server (`http://prometheus.monitoring:9090`); plain
+    /// http, reached from the operator's pod.
+    #[schemars(length(min = 1, max = 2048))]
+    pub url: String,
+    /// An instant query giving players by `shard` and `territory` labels. Default:
+    /// `sum by (shard, territory) (starmesh_players{system="<systemRef>"})` (the labels
+    /// the replicant attaches itself; add `namespace` if your Prometheus attaches it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub query: Option<String>,
 }
 
 /// Which store backs the replication layer.
@@ -371,7 +477,16 @@ pub struct Gateway {
     #[serde(default = "default_gateway_port")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: i32,
+    /// Secret (same namespace) whose key `player-token-key` signs player tokens: mounted
+    /// into the gateway pods, which then admit only players with a valid token. Unset:
+    /// development mode, any name joins (the gateway logs it as a warning).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub player_token_secret: Option<String>,
 }
+
+/// The key of [`Gateway::player_token_secret`] holding the token key.
+pub const PLAYER_TOKEN_SECRET_KEY: &str = "player-token-key";
 
 fn default_gateway_replicas() -> i32 {
     1
@@ -386,6 +501,7 @@ impl Default for Gateway {
             replicas: default_gateway_replicas(),
             service_type: ServiceType::default(),
             port: default_gateway_port(),
+            player_token_secret: None,
         }
     }
 }
@@ -439,6 +555,16 @@ pub struct ServerLayoutStatus {
     /// Who owns each territory (the intended owner in static mode).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub territories: Vec<TerritoryStatus>,
+    /// The shard marked for removal by shard autoscaling: the gateway places no new
+    /// player there, and it is removed once it holds none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draining_shard: Option<i32>,
+    /// Last shard autoscaling decision (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_shard_scale_time: Option<String>,
+    /// What shard autoscaling remembers between reconciles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard_autoscale: Option<crate::autoscale::ShardMemory>,
 }
 
 /// One shard's state.
@@ -452,6 +578,46 @@ pub struct ShardStatus {
     pub gateway_ready: bool,
     #[serde(default)]
     pub players: i64,
+    /// Dynamic layouts: game servers the autoscaler wants for this shard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub servers_wanted: Option<i32>,
+    /// Dynamic layouts: the leaf cells with owner and players, as the replicant reports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cells: Vec<CellStatus>,
+    /// Dynamic layouts: the replicant's partition version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_version: Option<u64>,
+    /// Dynamic layouts: last split, merge or server count change (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_time: Option<String>,
+    /// Dynamic layouts: game servers being drained before they are deleted, and since
+    /// when (Unix seconds).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub draining_servers: Vec<DrainingServer>,
+    /// Dynamic layouts: what the autoscaler remembers between reconciles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<crate::autoscale::AutoscaleMemory>,
+}
+
+/// One leaf cell of a dynamic shard.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CellStatus {
+    pub cell: String,
+    /// Owning game server; empty while unowned.
+    pub server: String,
+    pub players: i64,
+}
+
+/// A game server being drained.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DrainingServer {
+    pub server: String,
+    /// Unix seconds.
+    pub since: i64,
+    /// Cells it still owned at the last Drain call.
+    pub remaining: i64,
 }
 
 /// Owner of one territory.

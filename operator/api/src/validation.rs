@@ -25,6 +25,8 @@
 //!   wins, so a child larger than its parent would swallow it. Children of the star must
 //!   not sit inside the star's body (`InsideStar`): the star's radius is its body, not a
 //!   sphere of influence;
+//! - spheres that intersect must be nested in the tree (`OverlappingTerritories`): two
+//!   siblings sharing space would leave a point's owner to tie-breaking;
 //! - a gate's parent exists (`UnknownParent`), its target names a system and gate with
 //!   DNS-1123 labels (`InvalidName`) and is not this system (`GateToSelf`).
 //!
@@ -41,6 +43,10 @@
 //! - Dynamic: `dynamic` present (`MissingField`), no `servers` (`UnexpectedField`),
 //!   `minServers <= maxServers` (`MinAboveMax`), `mergeBelowPlayers < splitAbovePlayers`
 //!   (`MergeNotBelowSplit`);
+//! - `shardAutoscaling`: ranges (`OutOfRange`), `minShards <= maxShards` (`MinAboveMax`);
+//! - `playerCounts`: `Prometheus` needs `prometheus.url` (`MissingField`), an http(s)
+//!   URL (`InvalidUrl`, plain http) and a non-blank query if one is given (`OutOfRange`);
+//!   `prometheus` with the `Replicant` source is `UnexpectedField`;
 //! - `postgres` backend needs `postgres.secretRef` (`MissingField`), a valid Secret name
 //!   and key (`InvalidName`);
 //! - every resource quantity and the volume size parse as Kubernetes quantities
@@ -52,8 +58,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 
 use crate::{
-    DEEP_SPACE, LayoutMode, LocationKind, PersistenceBackend, ResourceSpec, ServerLayoutSpec,
-    StarSystemSpec, Vector3,
+    DEEP_SPACE, LayoutMode, LocationKind, PersistenceBackend, PlayerCountSource, ResourceSpec,
+    ServerLayoutSpec, StarSystemSpec, Vector3,
 };
 
 /// One problem with a resource: where it is, a machine reason, and a sentence for humans.
@@ -95,6 +101,7 @@ pub mod reason {
     pub const OUT_OF_RANGE: &str = "OutOfRange";
     pub const OUTSIDE_PARENT: &str = "OutsideParent";
     pub const LARGER_THAN_PARENT: &str = "LargerThanParent";
+    pub const OVERLAPPING_TERRITORIES: &str = "OverlappingTerritories";
     pub const INSIDE_STAR: &str = "InsideStar";
     pub const GATE_TO_SELF: &str = "GateToSelf";
     pub const NO_SERVERS: &str = "NoServers";
@@ -109,6 +116,7 @@ pub mod reason {
     pub const UNKNOWN_RESOURCE: &str = "UnknownResource";
     pub const REQUEST_ABOVE_LIMIT: &str = "RequestAboveLimit";
     pub const INVALID_IMAGE: &str = "InvalidImage";
+    pub const INVALID_URL: &str = "InvalidUrl";
     /// The layout's `systemRef` names no StarSystem; reported by the caller, who looks it up.
     pub const SYSTEM_NOT_FOUND: &str = "SystemNotFound";
 }
@@ -470,7 +478,53 @@ pub fn validate_star_system(name: &str, spec: &StarSystemSpec) -> Vec<FieldError
             errors.push(name_error(format!("{base}.target.gate"), "target gate", &g.target.gate));
         }
     }
+    // Only on an otherwise sound system: overlaps of broken spheres would be noise.
+    if errors.is_empty() {
+        check_overlaps(&mut errors, spec);
+    }
     errors
+}
+
+/// Two locations whose spheres intersect while neither contains the other in the tree
+/// (siblings, cousins) would make a point's territory depend on tie-breaking: reported
+/// on the later one. Nesting (a moon in its planet) is how territories are meant to overlap.
+fn check_overlaps(errors: &mut Vec<FieldError>, spec: &StarSystemSpec) {
+    let placed = crate::geometry::place_locations(spec);
+    let parent: HashMap<&str, &str> = spec
+        .locations
+        .iter()
+        .filter_map(|l| Some((l.name.as_str(), l.parent.as_deref()?)))
+        .collect();
+    let ancestor = |a: &str, of: &str| {
+        let mut cur = parent.get(of).copied();
+        // Bounded walk: validation already refused cycles, but never loop on one.
+        for _ in 0..=spec.locations.len() {
+            match cur {
+                Some(p) if p == a => return true,
+                Some(p) => cur = parent.get(p).copied(),
+                None => return false,
+            }
+        }
+        false
+    };
+    for (j, lj) in placed.iter().enumerate() {
+        let Some(lj) = lj else { continue };
+        let hit = placed[..j].iter().flatten().find(|li| {
+            li.centre.distance(lj.centre) < li.radius + lj.radius
+                && !ancestor(&li.name, &lj.name)
+                && !ancestor(&lj.name, &li.name)
+        });
+        if let Some(li) = hit {
+            errors.push(FieldError::new(
+                format!("spec.locations[{j}]"),
+                reason::OVERLAPPING_TERRITORIES,
+                format!(
+                    "location {:?} overlaps {:?} though neither lies inside the other; sibling territories must not intersect",
+                    lj.name, li.name
+                ),
+            ));
+        }
+    }
 }
 
 /// For each location, whether it lies on a cycle of parents.
@@ -609,6 +663,7 @@ pub fn validate_server_layout(
         LayoutMode::Static => validate_static(&mut errors, spec, system),
         LayoutMode::Dynamic => validate_dynamic(&mut errors, spec),
     }
+    validate_autoscaling(&mut errors, spec);
 
     // Persistence.
     let p = &spec.persistence;
@@ -693,6 +748,13 @@ pub fn validate_server_layout(
             reason::INVALID_IMAGE,
             format!("spec.image.tag {:?} is not an image tag", img.tag),
         ));
+    }
+
+    // The gateway's player token Secret: a Secret name, or the pods could never start.
+    if let Some(secret) = &spec.gateway.player_token_secret
+        && !is_dns1123_subdomain(secret)
+    {
+        errors.push(name_error("spec.gateway.playerTokenSecret".into(), "Secret name", secret));
     }
 
     // Resources.
@@ -851,6 +913,71 @@ fn validate_dynamic(errors: &mut Vec<FieldError>, spec: &ServerLayoutSpec) {
                 d.merge_below_players, d.split_above_players
             ),
         ));
+    }
+}
+
+fn validate_autoscaling(errors: &mut Vec<FieldError>, spec: &ServerLayoutSpec) {
+    if let Some(a) = &spec.shard_autoscaling {
+        let b = "spec.shardAutoscaling";
+        check_int(errors, &format!("{b}.minShards"), a.min_shards.into(), 1, MAX_SHARDS.into());
+        check_int(errors, &format!("{b}.maxShards"), a.max_shards.into(), 1, MAX_SHARDS.into());
+        check_int(
+            errors,
+            &format!("{b}.targetPlayersPerShard"),
+            a.target_players_per_shard.into(),
+            1,
+            1_000_000,
+        );
+        check_int(errors, &format!("{b}.cooldownSeconds"), a.cooldown_seconds.into(), 0, 86_400);
+        if a.min_shards > a.max_shards {
+            errors.push(FieldError::new(
+                format!("{b}.minShards"),
+                reason::MIN_ABOVE_MAX,
+                format!("{b}.minShards {} is above {b}.maxShards {}", a.min_shards, a.max_shards),
+            ));
+        }
+    }
+    let pc = &spec.player_counts;
+    match (pc.source, &pc.prometheus) {
+        (PlayerCountSource::Replicant, None) => {}
+        (PlayerCountSource::Replicant, Some(_)) => errors.push(FieldError::new(
+            "spec.playerCounts.prometheus",
+            reason::UNEXPECTED_FIELD,
+            "spec.playerCounts.prometheus is set but spec.playerCounts.source is Replicant; remove it or set source: Prometheus",
+        )),
+        (PlayerCountSource::Prometheus, None) => errors.push(FieldError::new(
+            "spec.playerCounts.prometheus.url",
+            reason::MISSING_FIELD,
+            "spec.playerCounts.source is Prometheus but spec.playerCounts.prometheus.url is missing",
+        )),
+        (PlayerCountSource::Prometheus, Some(p)) => {
+            let field = "spec.playerCounts.prometheus.url";
+            // Plain http only: the operator's client has no TLS (a Prometheus in the
+            // cluster is reached over the pod network).
+            let rest = p.url.strip_prefix("http://");
+            let ok = p.url.len() <= 2048
+                && rest.is_some_and(|r| {
+                    !r.is_empty()
+                        && !r.starts_with('/')
+                        && r.bytes().all(|c| c.is_ascii_graphic())
+                });
+            if !ok {
+                errors.push(FieldError::new(
+                    field,
+                    reason::INVALID_URL,
+                    format!("{field} {:?} is not an http:// URL with a host (https is not supported)", p.url),
+                ));
+            }
+            if let Some(q) = &p.query
+                && (q.trim().is_empty() || q.len() > 4096)
+            {
+                errors.push(FieldError::new(
+                    "spec.playerCounts.prometheus.query",
+                    reason::OUT_OF_RANGE,
+                    "spec.playerCounts.prometheus.query must be a non-blank PromQL query of at most 4096 characters; omit it for the default",
+                ));
+            }
+        }
     }
 }
 
@@ -1047,8 +1174,11 @@ mod tests {
             tick_rate: 30,
             persistence: Default::default(),
             image: Default::default(),
+            game_server_image: None,
             resources: Default::default(),
             gateway: Default::default(),
+            shard_autoscaling: None,
+            player_counts: Default::default(),
         }
     }
 
@@ -1142,6 +1272,29 @@ mod tests {
         let mut s = system();
         s.locations[3].parent = Some("dock".into());
         system_has(&s, "spec.locations[3].parent", reason::PARENT_CYCLE);
+    }
+
+    #[test]
+    fn intersecting_spheres_must_be_nested() {
+        use LocationKind::*;
+        // The fixture nests a moon in its planet and a landing zone in the moon: fine.
+        assert!(validate_star_system("home", &system()).is_empty());
+        let mut s = system();
+        // A second planet reaching into rock's sphere.
+        s.locations.push(loc("stone", Planet, None, 108_000.0, 5_000.0));
+        system_has(&s, "spec.locations[4]", reason::OVERLAPPING_TERRITORIES);
+        // Moons of two planets that do not touch, reaching into each other.
+        let mut s = system();
+        s.locations.push(loc("stone", Planet, None, 111_000.0, 5_000.0));
+        let mut grit = loc("grit", Moon, Some("stone"), 4_000.0, 2_000.0);
+        grit.orbit = Some(Orbit { radius: 4_000.0, angle_degrees: 180.0 });
+        s.locations.push(grit);
+        s.locations[1] = loc("pebble", Moon, Some("rock"), 4_000.0, 2_000.0);
+        system_has(&s, "spec.locations[5]", reason::OVERLAPPING_TERRITORIES);
+        // Touching is not intersecting.
+        let mut s = system();
+        s.locations.push(loc("stone", Planet, None, 110_000.0, 5_000.0));
+        assert!(validate_star_system("home", &s).is_empty());
     }
 
     #[test]
@@ -1309,6 +1462,44 @@ mod tests {
         layout_has(&l, "spec.dynamic.minServers", reason::MIN_ABOVE_MAX);
         layout_has(&l, "spec.dynamic.mergeBelowPlayers", reason::MERGE_NOT_BELOW_SPLIT);
         layout_has(&l, "spec.dynamic.cooldownSeconds", reason::OUT_OF_RANGE);
+    }
+
+    #[test]
+    fn autoscaling_rules() {
+        use crate::{PlayerCounts, PrometheusSource, ShardAutoscaling};
+        let mut l = layout();
+        l.shard_autoscaling = Some(ShardAutoscaling::default());
+        l.player_counts = PlayerCounts {
+            source: PlayerCountSource::Prometheus,
+            prometheus: Some(PrometheusSource { url: "http://10.0.0.1:9090".into(), query: None }),
+        };
+        assert!(validate_server_layout("home", &l, Some(&system())).is_empty());
+        l.shard_autoscaling = Some(ShardAutoscaling {
+            min_shards: 5,
+            max_shards: 4,
+            target_players_per_shard: 0,
+            cooldown_seconds: 90_000,
+        });
+        layout_has(&l, "spec.shardAutoscaling.minShards", reason::MIN_ABOVE_MAX);
+        layout_has(&l, "spec.shardAutoscaling.targetPlayersPerShard", reason::OUT_OF_RANGE);
+        layout_has(&l, "spec.shardAutoscaling.cooldownSeconds", reason::OUT_OF_RANGE);
+        l.shard_autoscaling = Some(ShardAutoscaling { max_shards: 65, ..Default::default() });
+        layout_has(&l, "spec.shardAutoscaling.maxShards", reason::OUT_OF_RANGE);
+        let bad_urls = ["ftp://x", "https://p", "http://", "http:///x", "prom:9090", "http://a b"];
+        for bad in bad_urls {
+            l.player_counts.prometheus = Some(PrometheusSource { url: bad.into(), query: None });
+            layout_has(&l, "spec.playerCounts.prometheus.url", reason::INVALID_URL);
+        }
+        l.player_counts.prometheus =
+            Some(PrometheusSource { url: "http://p".into(), query: Some("  ".into()) });
+        layout_has(&l, "spec.playerCounts.prometheus.query", reason::OUT_OF_RANGE);
+        l.player_counts.prometheus = None;
+        layout_has(&l, "spec.playerCounts.prometheus.url", reason::MISSING_FIELD);
+        l.player_counts = PlayerCounts {
+            source: PlayerCountSource::Replicant,
+            prometheus: Some(PrometheusSource { url: "http://p".into(), query: None }),
+        };
+        layout_has(&l, "spec.playerCounts.prometheus", reason::UNEXPECTED_FIELD);
     }
 
     #[test]

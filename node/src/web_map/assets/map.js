@@ -47,6 +47,9 @@
     evicted: 0,
     totals: { handoffs: 0, takeovers: 0 },
     events: [],
+    // A dynamic layout's cells: splits of its territories by planes (cell -> {axis, at}).
+    cells: { version: 0, splits: [] },
+    decisions: [], // the local autoscaler's, newest last
     selected: null, // {type, name}
     canKill: false, // until /api/control says otherwise
     snapshots: 0,
@@ -100,6 +103,24 @@
       if (dx * dx + dy * dy + dz * dz <= l.radius * l.radius) return l;
     }
     return null;
+  }
+  // The leaf cell of territory `base` containing a point (partition::cell_of).
+  const AXES = { x: 0, y: 1, z: 2 };
+  function cellOf(base, x, y, z) {
+    const planes = new Map(state.cells.splits.map((s) => [s.cell, s]));
+    let cell = base;
+    for (let i = 0; i <= 6; i++) {
+      const p = planes.get(cell);
+      if (!p) break;
+      cell += [x, y, z][AXES[p.axis]] >= p.at ? "/1" : "/0";
+    }
+    return cell;
+  }
+  // Players of a territory, all its cells together.
+  function playersIn(t) {
+    let n = 0;
+    for (const [c, k] of Object.entries(state.players)) if (c === t || c.startsWith(t + "/")) n += k;
+    return n;
   }
   function place(x, y, z) {
     const l = innermost(x, y, z);
@@ -205,7 +226,7 @@
   // A territory's player count next to the location that names it.
   function labelCounts() {
     for (const [name, t] of labelEls) {
-      const n = name === layout.byName.get(name).territory ? state.players[name] || 0 : 0;
+      const n = name === layout.byName.get(name).territory ? playersIn(name) : 0;
       t.textContent = n > 0 ? `${name} · ${n} player${n === 1 ? "" : "s"}` : name;
     }
   }
@@ -213,7 +234,8 @@
   function recolour() {
     for (const [name, c] of locEls) {
       const l = layout.byName.get(name);
-      const a = state.assignments[l.territory] || {};
+      // A split territory: the cell its centre lies in.
+      const a = state.assignments[cellOf(l.territory, l.x, l.y, l.z)] || {};
       const col = colourOf(a.server);
       c.setAttribute("fill", col);
       c.setAttribute("fill-opacity", l.depth === 0 ? 0.55 : 0.8);
@@ -221,7 +243,7 @@
       c.setAttribute("data-owner", a.server || "");
     }
     const ds = $("deep-space");
-    const a = state.assignments["deep-space"] || {};
+    const a = state.assignments[cellOf("deep-space", 0, 0, 0)] || {};
     ds.setAttribute("fill", colourOf(a.server));
     ds.setAttribute("data-owner", a.server || "");
   }
@@ -355,7 +377,12 @@
     for (const e of state.entities.values()) counts[e.territory] = (counts[e.territory] || 0) + 1;
     const tb = $("territories").tBodies[0];
     tb.replaceChildren();
-    for (const t of state.system.territories) {
+    // Split territories are listed as their cells (what is owned).
+    const split = state.cells.splits.length > 0;
+    $("territories-title").textContent = split
+      ? `Cells (partition v${state.cells.version}: ${Object.keys(state.assignments).length} cells)` : "Territories";
+    const rows = split ? Object.keys(state.assignments).sort() : state.system.territories;
+    for (const t of rows) {
       const a = state.assignments[t] || {};
       const tr = html("tr", undefined, "clickable");
       tr.dataset.territory = t;
@@ -369,6 +396,14 @@
       tb.append(tr);
     }
     labelCounts();
+    $("autoscaler").hidden = state.decisions.length === 0;
+    const decList = $("decisions");
+    decList.replaceChildren();
+    for (const d of state.decisions.slice().reverse()) {
+      const li = html("li", undefined, "decision " + d.action);
+      li.append(html("span", d.action, "tick"), d.message);
+      decList.append(li);
+    }
     const ol = $("events");
     ol.replaceChildren();
     for (const ev of state.events.slice(-40).reverse()) {
@@ -399,13 +434,16 @@
     const body = [html("h2", "Details")];
     if (sel.type === "location") {
       const l = layout.byName.get(sel.name);
-      const owner = territoryOwner(l.territory);
+      // In a split territory: the cell its centre lies in.
+      const cell = cellOf(l.territory, l.x, l.y, l.z);
+      const owner = territoryOwner(cell);
       const inside = entitiesBy((e) => innermost(e.x, e.y, e.z) === l);
       body.push(html("h3", l.name), dl([
-        ["kind", l.kind], ["parent", l.parent || state.system.star.name], ["territory", l.territory],
-        ["owner", owner || "unowned"], ["epoch", fmtEpoch((state.assignments[l.territory] || {}).epoch)],
+        ["kind", l.kind], ["parent", l.parent || state.system.star.name],
+        ["territory", cell === l.territory ? l.territory : `${l.territory} (centre in cell ${cell})`],
+        ["owner", owner || "unowned"], ["epoch", fmtEpoch((state.assignments[cell] || {}).epoch)],
         ["radius", fmtKm(l.radius)], ["from the star", fmtKm(Math.hypot(l.x, l.y, l.z))],
-        ["entities inside", inside], ["players in territory", state.players[l.territory] || 0],
+        ["entities inside", inside], ["players in territory", playersIn(l.territory)],
       ]));
     } else if (sel.type === "server") {
       const owned = Object.entries(state.assignments).filter(([, a]) => a.server === sel.name).map(([t]) => t);
@@ -456,6 +494,7 @@
     state.seq = s.seq; state.tick = s.tick;
     state.assignments = s.assignments; state.live = s.live; state.players = s.players;
     state.evicted = s.evicted; state.events = s.events; state.totals = s.totals;
+    state.cells = s.cells || { version: 0, splits: [] }; state.decisions = s.decisions || [];
     recolour();
     for (const r of s.entities) { const [id, e] = setRow(r); drawEntity(id, e); }
     state.snapshots++;
@@ -465,7 +504,10 @@
   function applyDelta(d) {
     if (d.seq <= state.seq) return; // already in the snapshot
     state.seq = d.seq; state.tick = d.tick; state.evicted = d.evicted; state.totals = d.totals;
-    if (d.assignments) { Object.assign(state.assignments, d.assignments); recolour(); }
+    // With a partition change the assignments come whole (cells went away).
+    if (d.cells) { state.cells = d.cells; state.assignments = d.assignments || {}; recolour(); }
+    else if (d.assignments) { Object.assign(state.assignments, d.assignments); recolour(); }
+    if (d.decisions) state.decisions = d.decisions;
     if (d.live) state.live = d.live;
     if (d.players) state.players = d.players;
     for (const id of d.gone) {
@@ -525,6 +567,10 @@
     entityPositions: () => Object.fromEntries([...state.entities].map(([id, e]) => [id, [e.sx, e.sy]])),
     locationsDrawn: () => [...locEls.keys()],
     ownerColour: (location) => (locEls.get(location) || {}).getAttribute?.("fill") || null,
+    cellOf,
+    cells: () => state.cells,
+    cellsListed: () => [...$("territories").tBodies[0].rows].map((r) => r.dataset.territory),
+    decisionsShown: () => [...$("decisions").children].map((li) => li.textContent),
     select,
     zoomTo,
   };
