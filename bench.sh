@@ -8,7 +8,7 @@
 #                              ./test.sh already made: checks that each runs and prints
 #                              finite numbers (never that a time is below a bound)
 #        ./bench.sh [--short] NAME...   only those benches (throughput hot_tick hot_delta
-#                              hot_query handoff players)
+#                              hot_query hot_crowd handoff players)
 # Needs what ./test.sh installs (PostgreSQL, valgrind: e2e/install-deps.sh). Figures
 # go to stdout as a table and to target/bench/<date>-<mode>.tsv.
 set -euo pipefail
@@ -24,7 +24,7 @@ for a in "$@"; do
     *) only+=("$a") ;;
   esac
 done
-all=(throughput hot_tick hot_delta hot_query handoff players)
+all=(throughput hot_tick hot_delta hot_query hot_crowd handoff players)
 [ ${#only[@]} -gt 0 ] || only=("${all[@]}")
 
 command -v valgrind >/dev/null || { echo "valgrind is missing: bash e2e/install-deps.sh" >&2; exit 1; }

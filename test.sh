@@ -50,6 +50,8 @@ STARMESH_CLUSTER_NODE=0 bash e2e/cluster/up.sh "$cluster_dir"
   # shellcheck disable=SC1091
   source "$cluster_dir/env"
   cargo test -p starmesh-e2e --locked --test operator -- --test-threads=2
+  # Alone: it kills and restarts kube-apiserver, which would fail the tests above.
+  cargo test -p starmesh-e2e --locked --test apiserver_restart -- --nocapture
 )
 # Only one cluster runs on a machine at a time: this one goes before the next boots.
 teardown

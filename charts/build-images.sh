@@ -5,11 +5,16 @@
 #   starmesh/operator:<version>  the `starmesh-operator` binary (the chart's Deployment)
 #   starmesh/node:<version>      the `starmesh` binary (replicant, servers, gateway;
 #                                the default of ServerLayout spec.image)
+#   starmesh/studio-beacons:<version>  with --studio only: the SDK example game
+#                                (node/sdk/examples/beacons.rs), a studio's own game-server
+#                                image as ServerLayout spec.gameServerImage names it
+#                                (e2e/tests/studio.rs)
 #
-#   charts/build-images.sh [--profile release|debug] [--no-build] OUTDIR
+#   charts/build-images.sh [--profile release|debug] [--no-build] [--studio] OUTDIR
 #
 # Writes OUTDIR/starmesh-operator-<version>.tar and OUTDIR/starmesh-node-<version>.tar
-# and prints their paths, one a line. <version> is the workspace version from Cargo.
+# (and OUTDIR/starmesh-studio-beacons-<version>.tar with --studio) and prints their
+# paths, one a line. <version> is the workspace version from Cargo.
 #
 # Each image is a single layer holding exactly: the binary, the shared libraries
 # `ldd` lists for it plus the dynamic loader, and a minimal /etc (passwd/group
@@ -31,16 +36,18 @@
 set -euo pipefail
 
 die() { echo "build-images.sh: $*" >&2; exit 1; }
-usage() { echo "usage: $0 [--profile release|debug] [--no-build] OUTDIR" >&2; exit 2; }
+usage() { echo "usage: $0 [--profile release|debug] [--no-build] [--studio] OUTDIR" >&2; exit 2; }
 
 profile=release
 build=1
+studio=0
 out=
 while [ $# -gt 0 ]; do
   case $1 in
     --profile) [ $# -ge 2 ] || usage; profile=$2; shift 2 ;;
     --profile=*) profile=${1#--profile=}; shift ;;
     --no-build) build=0; shift ;;
+    --studio) studio=1; shift ;;
     -h|--help) usage ;;
     -*) echo "build-images.sh: unknown option $1" >&2; usage ;;
     *) [ -z "$out" ] || usage; out=$1; shift ;;
@@ -73,6 +80,9 @@ if [ "$build" = 1 ]; then
   cargo build --locked --profile "$cargo_profile" \
     -p starmesh-operator --bin starmesh-operator \
     -p starmesh-node --bin starmesh >&2
+  if [ "$studio" = 1 ]; then
+    cargo build --locked --profile "$cargo_profile" -p starmesh-sdk --example beacons >&2
+  fi
 fi
 
 # Fixed timestamps: reproducible layers and config (SOURCE_DATE_EPOCH if set).
@@ -214,3 +224,6 @@ build_image() {
 
 build_image starmesh-operator starmesh/operator "$bin_dir/starmesh-operator"
 build_image starmesh-node starmesh/node "$bin_dir/starmesh"
+if [ "$studio" = 1 ]; then
+  build_image starmesh-studio-beacons starmesh/studio-beacons "$bin_dir/examples/beacons"
+fi

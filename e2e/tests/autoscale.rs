@@ -8,6 +8,12 @@
 //! report no ship lost or duplicated and no reconnect (no forced disconnect). Prints the
 //! time from threshold crossed to new capacity serving players, and from empty to drained.
 //!
+//! Then a second ramp, with shard autoscaling on: bots gather at one station
+//! (`--spawn-near`) until the players exceed `targetPlayersPerShard` and the operator
+//! adds shard 1; once the gateways' mesh map shows it, new bots joining shard 0's gateway
+//! are redirected to shard 1 (least loaded) and play there; everyone leaves, shard 1 is
+//! marked draining and, empty, removed. Again no ship lost or duplicated and no reconnect.
+//!
 //! Needs a FULL cluster with both images loaded (see `e2e/run-cluster-tests.sh`). Without
 //! it FAILS, never skips.
 
@@ -34,6 +40,14 @@ const PER_SERVER: u32 = 10;
 const MIN_SERVERS: u32 = 1;
 const MAX_SERVERS: u32 = 3;
 const COOLDOWN_S: u32 = 20;
+/// The second ramp: `RAMP_PLAYERS` > `SHARD_TARGET` needs a second shard.
+const SHARD_TARGET: u32 = 20;
+const SHARD_COOLDOWN_S: u32 = 20;
+const RAMP_PLAYERS: usize = 30;
+const RAMP_SECONDS: u64 = 240;
+const RAMP_AT: &str = "ruin-station";
+const LATE_PLAYERS: usize = 10;
+const LATE_SECONDS: u64 = 40;
 
 fn apply_text(ns: &str, text: &str) {
     let f = tempfile::Builder::new().suffix(".yaml").tempfile().expect("temp file");
@@ -85,7 +99,16 @@ spec:
     )
 }
 
-fn bots_job_yaml(name: &str, image: &str, pull: &str, gateway: &str) -> String {
+fn bots_job_yaml(
+    name: &str,
+    image: &str,
+    pull: &str,
+    gateway: &str,
+    players: usize,
+    seconds: u64,
+    extra: &[&str],
+) -> String {
+    let extra: String = extra.iter().map(|a| format!(", \"{a}\"")).collect();
     format!(
         r#"apiVersion: batch/v1
 kind: Job
@@ -103,7 +126,7 @@ spec:
         - name: bots
           image: {image}
           imagePullPolicy: {pull}
-          args: [bots, --gateway, "{gateway}", -n, "{BOT_PLAYERS}", --duration, "{BOT_SECONDS}s", --json]
+          args: [bots, --gateway, "{gateway}", -n, "{players}", --duration, "{seconds}s", --json{extra}]
           resources:
             requests: {{cpu: 100m, memory: 64Mi}}
             limits: {{cpu: "1", memory: 512Mi}}
@@ -179,11 +202,13 @@ impl Prometheus {
         );
         let node_ip = std::env::var("STARMESH_NODE_IP").expect("STARMESH_NODE_IP");
         let dir = tempfile::tempdir().expect("temp dir");
-        let list: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+        // Targets from a file Prometheus re-reads (a shard added later is scraped too).
+        let sd = dir.path().join("targets.json");
+        write_targets(&sd, targets);
         let config = format!(
             "global: {{scrape_interval: 2s, scrape_timeout: 1s}}\n\
-             scrape_configs:\n  - job_name: starmesh\n    static_configs:\n      - targets: [{}]\n",
-            list.join(", ")
+             scrape_configs:\n  - job_name: starmesh\n    file_sd_configs:\n      - files: ['{}']\n        refresh_interval: 2s\n",
+            sd.display()
         );
         let cfg = dir.path().join("prometheus.yml");
         std::fs::write(&cfg, config).expect("write prometheus.yml");
@@ -228,6 +253,19 @@ impl Prometheus {
             .as_str()
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| format!("no sample for {promql}: {body}"))
+    }
+}
+
+fn write_targets(path: &Path, targets: &[String]) {
+    let body = serde_json::json!([{ "targets": targets }]).to_string();
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, body).expect("write targets");
+    std::fs::rename(&tmp, path).expect("swap targets");
+}
+
+impl Prometheus {
+    fn set_targets(&self, targets: &[String]) {
+        write_targets(&self._dir.path().join("targets.json"), targets);
     }
 }
 
@@ -338,6 +376,14 @@ fn pyro_splits_adds_a_server_under_load_and_merges_back_when_empty() {
     let pv = format!("starmesh-e2e-as-{suffix}");
     apply_text("default", &pv_yaml(&pv, &class, &dir));
     cleanup.pvs.push(pv);
+    // The second ramp's shard 1 needs a volume for its replicant too.
+    let dir1 = std::env::temp_dir().join(format!("starmesh-e2e-as-pv1-{suffix}"));
+    std::fs::create_dir_all(&dir1).expect("PV folder");
+    std::os::unix::fs::chown(&dir1, Some(65532), Some(65532)).expect("chown PV folder");
+    cleanup.dirs.push(dir1.clone());
+    let pv1 = format!("starmesh-e2e-as1-{suffix}");
+    apply_text("default", &pv_yaml(&pv1, &class, &dir1));
+    cleanup.pvs.push(pv1);
     kubectl(&["create", "namespace", &app_ns]);
     let pyro = repo_root().join("manifests/examples/pyro.yaml");
     kubectl(&["apply", "-n", &app_ns, "-f", pyro.to_str().expect("utf-8")]);
@@ -366,7 +412,8 @@ fn pyro_splits_adds_a_server_under_load_and_merges_back_when_empty() {
     let sel = format!("starmesh.dev/layout={LAYOUT},app.kubernetes.io/component=replicant");
     let pods = get_json(&["pods", "-n", &app_ns, "-l", &sel]).expect("replicant pod");
     let ip = pods["items"][0]["status"]["podIP"].as_str().expect("replicant pod IP").to_string();
-    let prom = Prometheus::start(&[format!("{ip}:{}", builders::METRICS_PORT)]);
+    let target0 = format!("{ip}:{}", builders::METRICS_PORT);
+    let prom = Prometheus::start(std::slice::from_ref(&target0));
     let patch = format!(
         r#"{{"spec":{{"playerCounts":{{"source":"Prometheus","prometheus":{{"url":"{}"}}}}}}}}"#,
         prom.url
@@ -395,7 +442,10 @@ fn pyro_splits_adds_a_server_under_load_and_merges_back_when_empty() {
     let c = &sts["spec"]["template"]["spec"]["containers"][0];
     let image = c["image"].as_str().expect("image");
     let pull = c["imagePullPolicy"].as_str().unwrap_or("IfNotPresent");
-    apply_text(&app_ns, &bots_job_yaml("bots", image, pull, &format!("{gw_ip}:{gw_port}")));
+    let gateway0 = format!("{gw_ip}:{gw_port}");
+    println!("bots join shard 0's gateway Service at {gateway0}");
+    let bots = bots_job_yaml("bots", image, pull, &gateway0, BOT_PLAYERS, BOT_SECONDS, &[]);
+    apply_text(&app_ns, &bots);
 
     let most = "max(starmesh_players{system=\"pyro\"})";
     poll(
@@ -443,34 +493,7 @@ fn pyro_splits_adds_a_server_under_load_and_merges_back_when_empty() {
     assert!(events.contains("splitAbovePlayers"), "a CellSplit Event with its numbers:\n{events}");
 
     // -- the bots finish: nothing lost, duplicated or disconnected.
-    let done = poll(
-        "bots Job finished",
-        Duration::from_secs(BOT_SECONDS + 90),
-        EVERY,
-        || {
-            let j = get_json(&["job", "bots", "-n", &app_ns])?;
-            let st = &j["status"];
-            if st["succeeded"].as_i64().unwrap_or(0) > 0 {
-                Ok(true)
-            } else if st["failed"].as_i64().unwrap_or(0) > 0 {
-                Ok(false)
-            } else {
-                Err(format!("job status {st}"))
-            }
-        },
-        diag,
-    );
-    let logs = kubectl(&["logs", "job/bots", "-n", &app_ns]);
-    let report = report_from_logs(&logs)
-        .unwrap_or_else(|| panic!("no --json report in the bots log:\n{logs}\n{}", diag()));
-    println!("bots report: {report}");
-    assert!(done, "the bots Job failed:\n{logs}\n{}", diag());
-    let n = |k: &str| report[k].as_u64().unwrap_or(u64::MAX);
-    assert_eq!(n("connected"), BOT_PLAYERS as u64, "every player connected: {report}");
-    assert_eq!(n("entities_lost"), 0, "{report}");
-    assert_eq!(n("entities_duplicated"), 0, "{report}");
-    assert_eq!(n("reconnects"), 0, "no forced disconnect: {report}");
-    assert_eq!(report["violations"].as_array().map(Vec::len), Some(0), "{report}");
+    bots_report(&app_ns, "bots", BOT_PLAYERS, BOT_SECONDS, &diag);
 
     // -- empty: merges back to the base cells and minServers, drained before deleted.
     let total = "sum(starmesh_players{system=\"pyro\"})";
@@ -514,6 +537,261 @@ fn pyro_splits_adds_a_server_under_load_and_merges_back_when_empty() {
     for reason in ["CellsMerged", "ServersUp", "ServersDown", "ServerDrained"] {
         assert!(events.contains(reason), "a {reason} Event:\n{events}");
     }
+
+    second_ramp(&app_ns, &prom, &target0, image, pull, &gateway0, &diag);
     drop(prom);
     drop(cleanup);
+}
+
+/// Waits for the bots Job `job` to end and checks its report: every player connected,
+/// nothing lost or duplicated, no reconnect (no forced disconnect), no violation.
+fn bots_report(
+    app_ns: &str,
+    job: &str,
+    players: usize,
+    seconds: u64,
+    diag: &dyn Fn() -> String,
+) -> Value {
+    let done = poll(
+        &format!("bots Job {job} finished"),
+        Duration::from_secs(seconds + 90),
+        EVERY,
+        || {
+            let j = get_json(&["job", job, "-n", app_ns])?;
+            let st = &j["status"];
+            if st["succeeded"].as_i64().unwrap_or(0) > 0 {
+                Ok(true)
+            } else if st["failed"].as_i64().unwrap_or(0) > 0 {
+                Ok(false)
+            } else {
+                Err(format!("job status {st}"))
+            }
+        },
+        diag,
+    );
+    let logs = kubectl(&["logs", &format!("job/{job}"), "-n", app_ns]);
+    let report = report_from_logs(&logs)
+        .unwrap_or_else(|| panic!("no --json report in the {job} log:\n{logs}\n{}", diag()));
+    println!("{job} report: {report}");
+    assert!(done, "the bots Job {job} failed:\n{logs}\n{}", diag());
+    let n = |k: &str| report[k].as_u64().unwrap_or(u64::MAX);
+    assert_eq!(n("connected"), players as u64, "every player connected: {report}");
+    assert_eq!(n("entities_lost"), 0, "{report}");
+    assert_eq!(n("entities_duplicated"), 0, "{report}");
+    assert_eq!(n("reconnects"), 0, "no forced disconnect: {report}");
+    assert_eq!(report["violations"].as_array().map(Vec::len), Some(0), "{report}");
+    report
+}
+
+fn shard_status(st: &Value, index: i64) -> Option<Value> {
+    st["shardStatuses"].as_array()?.iter().find(|s| s["index"] == index).cloned()
+}
+
+/// The last `placement:` line of shard 0's gateway, when it shows shard 1 with a known
+/// player count (the gateway can place players there).
+fn gateway_sees_shard_1(app_ns: &str) -> Result<String, String> {
+    let out = kubectl_raw(&[
+        "logs",
+        "-n",
+        app_ns,
+        &format!("deploy/{}", builders::gateway_name(LAYOUT, 0)),
+        "--tail=400",
+    ]);
+    let line = out
+        .stdout
+        .lines()
+        .rev()
+        .find(|l| l.contains("placement: shard 0 of shards"))
+        .ok_or("no placement line yet")?
+        .to_string();
+    let known = |i: u8| {
+        line.split(&format!("{i}("))
+            .nth(1)
+            .is_some_and(|r| r.starts_with(|c: char| c.is_ascii_digit()))
+    };
+    if known(0) && known(1) && !line.contains("draining") {
+        Ok(line)
+    } else {
+        Err(format!("gateway of shard 0: {line}"))
+    }
+}
+
+/// The second ramp (see the module comment): a shard added under load, new players placed
+/// on it, then drained away and removed once empty.
+fn second_ramp(
+    app_ns: &str,
+    prom: &Prometheus,
+    target0: &str,
+    image: &str,
+    pull: &str,
+    gateway0: &str,
+    diag: &dyn Fn() -> String,
+) {
+    let patch = format!(
+        r#"{{"spec":{{"shardAutoscaling":{{"minShards":1,"maxShards":2,"targetPlayersPerShard":{SHARD_TARGET},"cooldownSeconds":{SHARD_COOLDOWN_S}}}}}}}"#
+    );
+    kubectl(&[
+        "patch",
+        "-n",
+        app_ns,
+        &format!("serverlayout/{LAYOUT}"),
+        "--type=merge",
+        "-p",
+        &patch,
+    ]);
+    let ramp = bots_job_yaml(
+        "ramp",
+        image,
+        pull,
+        gateway0,
+        RAMP_PLAYERS,
+        RAMP_SECONDS,
+        &["--prefix", "ramp", "--spawn-near", RAMP_AT, "--speed", "1000000"],
+    );
+    apply_text(app_ns, &ramp);
+    let t_ramp = Instant::now();
+    let total = "sum(starmesh_players{system=\"pyro\"})";
+    poll(
+        &format!("more than targetPlayersPerShard {SHARD_TARGET} players through PromQL"),
+        Duration::from_secs(90),
+        Duration::from_millis(250),
+        || match prom.query_scalar(total)? {
+            v if v > f64::from(SHARD_TARGET) => Ok(v),
+            v => Err(format!("{total} = {v}")),
+        },
+        diag,
+    );
+    let t_threshold = Instant::now();
+    poll(
+        "shard 1 added (spec.shards 2) and its replicant ready",
+        Duration::from_secs(180),
+        EVERY,
+        || {
+            let l = get_json(&["serverlayout", LAYOUT, "-n", app_ns])?;
+            let s1 = shard_status(&l["status"], 1)
+                .ok_or_else(|| format!("no shard 1: spec.shards {}", l["spec"]["shards"]))?;
+            if l["spec"]["shards"] == 2
+                && s1["replicantReady"] == true
+                && s1["gatewayReady"] == true
+            {
+                Ok(())
+            } else {
+                Err(format!("shard 1: {s1}"))
+            }
+        },
+        diag,
+    );
+    let to_shard = t_threshold.elapsed();
+    // Prometheus scrapes shard 1's replicant too.
+    let sel = format!(
+        "starmesh.dev/layout={LAYOUT},app.kubernetes.io/component=replicant,starmesh.dev/shard=1"
+    );
+    let ip1 = poll(
+        "shard 1's replicant pod IP",
+        Duration::from_secs(60),
+        EVERY,
+        || {
+            let pods = get_json(&["pods", "-n", app_ns, "-l", &sel])?;
+            pods["items"][0]["status"]["podIP"]
+                .as_str()
+                .map(String::from)
+                .ok_or_else(|| format!("no pod IP: {}", pods["items"]))
+        },
+        diag,
+    );
+    prom.set_targets(&[target0.to_string(), format!("{ip1}:{}", builders::METRICS_PORT)]);
+    let line = poll(
+        "shard 0's gateway sees shard 1 with a player count (mesh map refreshed)",
+        Duration::from_secs(150),
+        EVERY,
+        || gateway_sees_shard_1(app_ns),
+        diag,
+    );
+    let to_placeable = t_threshold.elapsed();
+    println!("gateway of shard 0: {line}");
+    assert!(
+        t_ramp.elapsed() < Duration::from_secs(RAMP_SECONDS - LATE_SECONDS / 2),
+        "the ramp's bots must still play when the late ones join (RAMP_SECONDS too short)"
+    );
+    let late = bots_job_yaml(
+        "late",
+        image,
+        pull,
+        gateway0,
+        LATE_PLAYERS,
+        LATE_SECONDS,
+        &["--prefix", "late"],
+    );
+    apply_text(app_ns, &late);
+    poll(
+        "the late players play in shard 1",
+        Duration::from_secs(60),
+        EVERY,
+        || {
+            let st = layout_status(app_ns)?;
+            let s1 = shard_status(&st, 1).ok_or("no shard 1")?;
+            match s1["players"].as_i64() {
+                Some(n) if n > 0 => Ok(n),
+                _ => Err(format!("shard 1: {s1}")),
+            }
+        },
+        diag,
+    );
+    let to_serving = t_threshold.elapsed();
+    println!(
+        "TIMING autoscale: players above targetPlayersPerShard -> shard 1 ready: {}; -> in the gateways' map: {}; -> new players served in shard 1: {}",
+        secs(to_shard),
+        secs(to_placeable),
+        secs(to_serving)
+    );
+    let late = bots_report(app_ns, "late", LATE_PLAYERS, LATE_SECONDS, diag);
+    assert_eq!(
+        late["redirects"].as_u64(),
+        Some(LATE_PLAYERS as u64),
+        "every late player redirected to the least-loaded shard 1: {late}"
+    );
+    let ramp = bots_report(app_ns, "ramp", RAMP_PLAYERS, RAMP_SECONDS, diag);
+    assert_eq!(ramp["redirects"].as_u64(), Some(0), "the ramp played in shard 0: {ramp}");
+
+    // Everyone gone: shard 1 drained (marked, no new player), then removed.
+    poll(
+        "no player left through PromQL",
+        Duration::from_secs(60),
+        Duration::from_millis(250),
+        || match prom.query_scalar(total)? {
+            0.0 => Ok(()),
+            v => Err(format!("{total} = {v}")),
+        },
+        diag,
+    );
+    let t_empty = Instant::now();
+    poll(
+        "shard 1 drained and removed (spec.shards 1, no shard-1 objects)",
+        Duration::from_secs(u64::from(SHARD_COOLDOWN_S) * 6 + 120),
+        EVERY,
+        || {
+            let l = get_json(&["serverlayout", LAYOUT, "-n", app_ns])?;
+            let sel = format!("starmesh.dev/layout={LAYOUT},starmesh.dev/shard=1");
+            let left = get_json(&["statefulsets,deployments,services", "-n", app_ns, "-l", &sel])?;
+            let left = left["items"].as_array().map_or(0, Vec::len);
+            if l["spec"]["shards"] == 1 && left == 0 && l["status"]["drainingShard"].is_null() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "spec.shards {}, drainingShard {}, {left} shard-1 objects",
+                    l["spec"]["shards"], l["status"]["drainingShard"]
+                ))
+            }
+        },
+        diag,
+    );
+    let to_removed = t_empty.elapsed();
+    println!(
+        "TIMING autoscale: empty -> shard 1 drained and removed (cooldown {SHARD_COOLDOWN_S} s): {}",
+        secs(to_removed)
+    );
+    let events = kubectl(&["get", "events", "-n", app_ns]);
+    for reason in ["ShardsUp", "ShardDraining", "ShardsDown"] {
+        assert!(events.contains(reason), "a {reason} Event:\n{events}");
+    }
 }

@@ -576,6 +576,12 @@ fn stanton_and_pyro_run_ships_jump_the_operator_upgrades_under_load() {
             args.extend_from_slice(&["--set", a]);
         }
     }
+    // Mesh mTLS on: the chart generates the CA and writes the Secret to the release
+    // namespace (the operator's Admin client) and to the layouts' namespace, which must
+    // exist first.
+    kubectl(&["create", "namespace", &app_ns]);
+    let tls_namespaces = format!("meshTLS.namespaces={{{app_ns}}}");
+    args.extend_from_slice(&["--set", "meshTLS.enabled=true", "--set", &tls_namespaces]);
     helm(&args);
     println!("TIMING mesh: helm install --wait -> operator Ready: {}", secs(t0.elapsed()));
 
@@ -595,7 +601,6 @@ fn stanton_and_pyro_run_ships_jump_the_operator_upgrades_under_load() {
 
     // -- Stanton, then Pyro (the order an SRE may well use: Stanton's gate peers can only
     // come once Pyro exists), with the test's storage class.
-    kubectl(&["create", "namespace", &app_ns]);
     let examples = repo_root().join("manifests/examples");
     let t_apply = Instant::now();
     for (system, layout) in
@@ -652,6 +657,11 @@ fn stanton_and_pyro_run_ships_jump_the_operator_upgrades_under_load() {
     let c = &sts["spec"]["template"]["spec"]["containers"][0];
     let image = c["image"].as_str().expect("image");
     let pull = c["imagePullPolicy"].as_str().unwrap_or("IfNotPresent");
+    // The mesh pods run on mTLS (the operator mounted the Secret), and the game played
+    // above (layouts Ready, servers Ready) went over it.
+    let tls_env =
+        c["env"].as_array().into_iter().flatten().any(|e| e["name"] == "STARMESH_TLS_DIR");
+    assert!(tls_env, "the replicant runs with STARMESH_TLS_DIR: {c}");
     let job = "bots";
     let prometheus = Prometheus::start(&metrics_targets(&app_ns));
     let pods_before = mesh_pods(&app_ns).expect("mesh pods");

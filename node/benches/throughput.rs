@@ -259,6 +259,9 @@ async fn replicant_bench(dir: &std::path::Path, tcp: f64) {
         budget_bytes: 1 << 20,
         queue_capacity: 1024,
         lease: Duration::from_secs(600),
+        // The raw fan-out against the wire: every subscriber asks for every entity
+        // every tick, so no level of detail (`benches/hot_crowd.rs` measures the cap).
+        bubble_cap: replicant::interest::BubbleCap::UNLIMITED,
         ..Config::default()
     };
     let mesh = resources::load(&[sol_path()], "0").unwrap();
@@ -311,6 +314,10 @@ async fn replicant_bench(dir: &std::path::Path, tcp: f64) {
         }
         let secs = if short { 1.0 } else { 4.0 };
         let (u0, b0) = (updates.load(Ordering::Relaxed), bytes.load(Ordering::Relaxed));
+        // The replicant's own counters over the window: where its ticks go.
+        let rm = &r.shared.metrics;
+        let (ts0, tc0) = (rm.tick_duration.get_sample_sum(), rm.tick_duration.get_sample_count());
+        let d0 = rm.subscriber_deferred_ticks.get();
         let t = Instant::now();
         while t.elapsed().as_secs_f64() < secs {
             tick.tick().await;
@@ -320,6 +327,9 @@ async fn replicant_bench(dir: &std::path::Path, tcp: f64) {
         }
         let elapsed = t.elapsed().as_secs_f64();
         let (u1, b1) = (updates.load(Ordering::Relaxed), bytes.load(Ordering::Relaxed));
+        let ticks = (rm.tick_duration.get_sample_count() - tc0) as f64;
+        let tick_ms = (rm.tick_duration.get_sample_sum() - ts0) / ticks.max(1.0) * 1e3;
+        let deferred = (rm.subscriber_deferred_ticks.get() - d0) as f64;
         task.abort();
         let ups = (u1 - u0) as f64 / elapsed;
         let bps = (b1 - b0) as f64 / elapsed;
@@ -337,6 +347,21 @@ async fn replicant_bench(dir: &std::path::Path, tcp: f64) {
             "updates/s",
             asked,
             "subscribers x 1000 changed x 30 Hz",
+        );
+        report::figure(
+            &format!("fan-out to {subs} subscribers: replicant ticks/s"),
+            ticks / elapsed,
+            "Hz",
+        );
+        report::figure(
+            &format!("fan-out to {subs} subscribers: replicant tick, mean"),
+            tick_ms,
+            "ms",
+        );
+        report::figure(
+            &format!("fan-out to {subs} subscribers: player-ticks held back (link full), share"),
+            deferred / (ticks.max(1.0) * subs as f64),
+            "of player-ticks",
         );
     }
     server.wait_committed().await;
@@ -424,6 +449,11 @@ fn main() {
     rt.block_on(async {
         let tcp = tcp_baseline().await;
         report::figure("baseline: raw loopback TCP", tcp / 1e6, "MB/s");
+        // BENCH_FANOUT_ONLY=1: ingest and fan-out alone (for before/after runs of them).
+        if std::env::var_os("BENCH_FANOUT_ONLY").is_some() {
+            replicant_bench(dir.path(), tcp).await;
+            return;
+        }
         let fsync = fsync_baseline(dir.path());
         let fsync_what = "entities/s fsync'd appends, same bytes";
         let emb = EmbeddedStore::open(&dir.path().join("emb")).unwrap();

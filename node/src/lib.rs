@@ -12,5 +12,7 @@ pub mod server;
 pub mod signal;
 pub mod store;
 pub mod territory;
+pub mod tls;
+pub mod tls_dev;
 pub mod web_map;
 pub mod wire;

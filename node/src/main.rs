@@ -78,6 +78,10 @@ struct ReplicantArgs {
     budget_bytes: usize,
     #[arg(long, default_value_t = 1_000_000)]
     backlog_bound: usize,
+    /// Most entities one player's bubble holds, nearest first (0: no cap): the nearest 32
+    /// update every tick, the rest every 4th tick; the player's own ship is always held.
+    #[arg(long, env = "STARMESH_BUBBLE_MAX_ENTITIES", default_value_t = 128)]
+    bubble_max_entities: usize,
     /// Seconds an entity nobody needs stays in memory before it is evicted to the store.
     #[arg(long, default_value_t = 60.0, value_parser = parse_seconds)]
     evict_after: f64,
@@ -91,6 +95,11 @@ struct ReplicantArgs {
     /// shard are added to --gate-peer (which wins) and followed while running.
     #[arg(long, env = "STARMESH_MESH_MAP")]
     mesh_map: Option<PathBuf>,
+    /// Mesh mTLS: a folder with tls.crt, tls.key and ca.crt (a kubernetes.io/tls Secret plus
+    /// the CA), reloaded when it changes. Every link to this replicant and its gate links
+    /// then need a certificate of that CA. Without it, plaintext.
+    #[arg(long, env = "STARMESH_TLS_DIR")]
+    tls_dir: Option<PathBuf>,
 }
 
 /// The log level when `RUST_LOG` is not set. `local` is a terminal tool for a
@@ -145,6 +154,7 @@ fn parse_seconds(s: &str) -> Result<f64, String> {
 }
 
 async fn run_replicant(a: ReplicantArgs) -> anyhow::Result<()> {
+    starmesh_node::tls::init_process(a.tls_dir.as_deref())?;
     let files: Vec<PathBuf> = std::iter::once(a.system.clone()).chain(a.layout.clone()).collect();
     let mesh = match resources::load(&files, &a.shard) {
         Ok(m) => m,
@@ -185,6 +195,7 @@ async fn run_replicant(a: ReplicantArgs) -> anyhow::Result<()> {
         lease: Duration::from_millis(a.lease_ms),
         budget_bytes: a.budget_bytes,
         backlog_bound: a.backlog_bound,
+        bubble_cap: replicant::interest::BubbleCap::with_max(a.bubble_max_entities),
         evict_after: Duration::from_secs_f64(a.evict_after),
         cell_size_km: a.cell_size_km,
         gate_peers: mesh_map::merge_peers(

@@ -46,6 +46,25 @@ pub struct ShardEntry {
     /// Where this shard's jump gates lead, one entry per target StarSystem.
     #[serde(default)]
     pub gate_peers: Vec<GatePeerEntry>,
+    /// The shard is being drained away (`status.drainingShard`): no new player goes
+    /// there. Absent in maps of older operators: not draining.
+    #[serde(default)]
+    pub draining: bool,
+    /// Players in the shard as the operator last counted them; absent when unknown
+    /// (a new shard, or an older operator).
+    #[serde(default)]
+    pub players: Option<u64>,
+}
+
+/// One shard as the gateway's placement sees it (see `gateway::shards`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardLoad {
+    pub index: i32,
+    /// The shard's gateway (game port) and replicant (gRPC port).
+    pub gateway: SocketAddr,
+    pub replicant: SocketAddr,
+    pub draining: bool,
+    pub players: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -141,6 +160,27 @@ impl MeshMap {
     /// system: the gateway's `--gateway-peer`s.
     pub fn gateway_peers(&self, shard: i32) -> Result<Vec<(String, SocketAddr)>, Error> {
         self.peers(shard, |p| ("gateway", &p.gateway, "game"))
+    }
+
+    /// Every shard a player could be placed on, sorted by index. A shard whose
+    /// addresses are not usable yet (no cluster IP) is left out, never guessed.
+    pub fn shard_loads(&self) -> Vec<ShardLoad> {
+        let mut out: Vec<ShardLoad> = self
+            .shards
+            .iter()
+            .filter_map(|s| {
+                Some(ShardLoad {
+                    index: s.index,
+                    gateway: self.gateway_addr(s.index).ok()?,
+                    replicant: self.replicant_addr(s.index).ok()?,
+                    draining: s.draining,
+                    players: s.players,
+                })
+            })
+            .collect();
+        out.sort_by_key(|s| s.index);
+        out.dedup_by_key(|s| s.index);
+        out
     }
 
     fn peers(
@@ -386,6 +426,27 @@ mod tests {
         );
         assert!(m.server_name_for_pod("no-ordinal").is_err());
         assert!(m.server_name_for_pod(&format!("{}-1", "x".repeat(70))).is_err(), "too long");
+    }
+
+    #[test]
+    fn shard_loads_read_draining_and_players_and_default_for_old_maps() {
+        // An old map (no draining, no players): shard 0 usable, shard 1 has no IPs.
+        let old = MeshMap::parse(MAP).expect("parses").shard_loads();
+        assert_eq!(old.len(), 1, "{old:?}");
+        assert_eq!((old[0].index, old[0].draining, old[0].players), (0, false, None));
+        assert_eq!(old[0].gateway.to_string(), "198.18.130.8:7777");
+        assert_eq!(old[0].replicant.to_string(), "198.18.130.7:7100");
+        let new = MAP.replace(
+            "\"serversStatefulSet\":\"stanton-shard-0-servers\"",
+            "\"draining\":true,\"players\":42,\"serversStatefulSet\":\"stanton-shard-0-servers\"",
+        );
+        let loads = MeshMap::parse(&new).expect("parses").shard_loads();
+        assert_eq!((loads[0].draining, loads[0].players), (true, Some(42)));
+        let bad = MAP.replace(
+            "\"serversStatefulSet\":\"stanton-shard-0-servers\"",
+            "\"players\":-1,\"serversStatefulSet\":\"stanton-shard-0-servers\"",
+        );
+        assert!(MeshMap::parse(&bad).is_err(), "a negative count is refused");
     }
 
     #[test]

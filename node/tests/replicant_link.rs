@@ -331,6 +331,7 @@ async fn hostile_input_ends_only_its_own_stream() {
     let hello = msg(server_message::Msg::Hello(pb::Hello {
         server_name: "evil".into(),
         protocol_version: 1,
+        components: vec![],
     }))
     .encode_to_vec();
     let valid_write = write(1, earth, 9, (1000.0, 0.0, 0.0)).encode_to_vec();

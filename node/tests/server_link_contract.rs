@@ -32,6 +32,15 @@ fn replicant(dir: &tempfile::TempDir) -> Replicant {
     r
 }
 
+fn ty(name: &str, version: u32, max_bytes: u32) -> pb::ComponentType {
+    pb::ComponentType { type_name: name.into(), schema_version: version, max_bytes }
+}
+
+/// The component types the test game declares (unless a test says otherwise).
+fn acme() -> Vec<pb::ComponentType> {
+    vec![ty("acme.cargo", 2, 64), ty("acme.crew", 1, 0)]
+}
+
 /// A raw ServerLink session: Hello with any version, then whatever the test sends.
 struct Raw {
     tx: mpsc::Sender<pb::ServerMessage>,
@@ -40,11 +49,21 @@ struct Raw {
 
 impl Raw {
     async fn hello(r: &Replicant, name: &str, version: u32) -> Raw {
+        Self::hello_declaring(r, name, version, acme()).await
+    }
+
+    /// Hello declaring the custom component types `components`.
+    async fn hello_declaring(
+        r: &Replicant,
+        name: &str,
+        version: u32,
+        components: Vec<pb::ComponentType>,
+    ) -> Raw {
         let mut c = pb::server_link_client::ServerLinkClient::connect(format!("http://{}", r.grpc))
             .await
             .expect("connect");
         let (tx, rx) = mpsc::channel(64);
-        let hello = pb::Hello { server_name: name.into(), protocol_version: version };
+        let hello = pb::Hello { server_name: name.into(), protocol_version: version, components };
         tx.send(msg(server_message::Msg::Hello(hello))).await.expect("queue hello");
         let rx = c
             .session(tokio_stream::wrappers::ReceiverStream::new(rx))
@@ -329,4 +348,94 @@ async fn custom_components_replicate_persist_and_stream_and_bad_ones_change_noth
         }
     };
     assert_eq!(back, stored.components);
+}
+
+/// `starmesh_rejected_writes_total{reason}` from the replicant's `/metrics`.
+fn rejected_total(r: &Replicant, reason: &str) -> f64 {
+    let (status, body) = common::process::http_get(r.metrics, "/metrics");
+    assert_eq!(status, 200, "metrics: {body}");
+    let want = format!("reason=\"{reason}\"");
+    body.lines()
+        .filter(|l| l.starts_with("starmesh_rejected_writes_total{") && l.contains(&want))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn a_typed_write_of_an_unregistered_type_or_another_version_is_rejected_and_changes_nothing()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let r = replicant(&dir);
+    let (mut s, epoch, _) = earth_with_ship(&r).await;
+    s.send(typed_write(2, epoch, vec![comp("acme.cargo", 2, b"ore")])).await;
+    s.committed(2).await;
+    let before = lookup(&r, 7).await.expect("resident");
+    let cases = [
+        // Nobody declared `acme.hull`.
+        (
+            3,
+            vec![comp("acme.hull", 1, b"x")],
+            pb::RejectReason::ComponentUnregistered,
+            "component_unregistered",
+        ),
+        // `acme.cargo` is registered at version 2.
+        (
+            4,
+            vec![comp("acme.cargo", 3, b"ice")],
+            pb::RejectReason::ComponentVersion,
+            "component_version",
+        ),
+        // ...with at most 64 bytes; one bad component refuses the whole write.
+        (
+            5,
+            vec![comp("acme.crew", 1, b"4"), comp("acme.cargo", 2, &[0; 65])],
+            pb::RejectReason::ComponentTooLarge,
+            "component_too_large",
+        ),
+    ];
+    for (seq, set, reason, label) in cases {
+        let counted = rejected_total(&r, label);
+        s.send(typed_write(seq, epoch, set)).await;
+        assert_eq!(s.rejected().await, (seq, 7, reason as i32, 0), "{label}");
+        assert_eq!(lookup(&r, 7).await, Some(before.clone()), "{label}: state unchanged");
+        assert_eq!(rejected_total(&r, label), counted + 1.0, "{label} counted");
+    }
+    // An answer, not an error: the stream stays up and a registered write applies.
+    s.send(typed_write(6, epoch, vec![comp("acme.crew", 1, b"5")])).await;
+    s.committed(6).await;
+    assert_eq!(lookup(&r, 7).await.map(|e| e.version), Some(before.version + 1));
+}
+
+#[tokio::test]
+async fn a_conflicting_component_registration_is_refused_at_connect_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = replicant(&dir);
+    let (mut earth, epoch, _) = earth_with_ship(&r).await;
+    let moon_before = owner(&r, "moon").await;
+    // Another version of a type `s-earth` (still connected) holds.
+    let mut moon =
+        Raw::hello_declaring(&r, "s-moon", PROTOCOL_VERSION, vec![ty("acme.cargo", 3, 64)]).await;
+    let st = moon.end().await;
+    assert_eq!(st.code(), Code::FailedPrecondition, "{st:?}");
+    for part in [
+        "component type `acme.cargo` is registered at schema version 2 (max 64 bytes)",
+        "by connected server `s-earth`",
+        "this server declares version 3 (max 64 bytes)",
+    ] {
+        assert!(st.message().contains(part), "{part:?} in {:?}", st.message());
+    }
+    // Changed nothing: moon not granted to it, and the registry is as before.
+    assert_eq!(owner(&r, "moon").await, moon_before);
+    earth.send(typed_write(2, epoch, vec![comp("acme.cargo", 2, b"ore")])).await;
+    earth.committed(2).await;
+    // Once every server of version 2 is gone, version 3 may register (an upgrade).
+    drop(earth);
+    let mut up =
+        Raw::hello_declaring(&r, "s-earth", PROTOCOL_VERSION, vec![ty("acme.cargo", 3, 64)]).await;
+    let epoch = up.grant("earth").await;
+    up.send(typed_write(1, epoch, vec![comp("acme.cargo", 3, b"ice")])).await;
+    up.committed(1).await;
+    let e = lookup(&r, 7).await.expect("resident");
+    let set = <pb::ComponentSet as prost::Message>::decode(e.components.as_ref()).expect("set");
+    assert_eq!(set.custom, vec![comp("acme.cargo", 3, b"ice")]);
 }

@@ -27,7 +27,10 @@ pub async fn connect(addr: SocketAddr) -> Result<Client, String> {
         .map_err(|e| e.to_string())?
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(SET_PARTITION_TIMEOUT);
-    let channel = endpoint.connect().await.map_err(|e| format!("connect {addr}: {e}"))?;
+    // Over mesh mTLS when the operator has the mesh's certificate (--tls-dir).
+    let channel = crate::tls::connect(endpoint, crate::tls::process().as_ref())
+        .await
+        .map_err(|e| format!("connect {addr}: {e}"))?;
     Ok(pb::admin_client::AdminClient::new(channel))
 }
 

@@ -515,6 +515,32 @@ pub async fn publish(
     }
 }
 
+/// Pure: the players per shard the mesh map tells the gateways (they place new players on
+/// the least-loaded shard). From Prometheus when the layout reads it (a shard without
+/// series is unknown), else this pass's replicant counts (dynamic layouts), else the
+/// previous status's counts of shards whose replicant was ready. A shard left out is
+/// unknown, and gateways never compare an unknown count.
+pub fn map_players(
+    shards: i32,
+    prom: Option<&Result<BTreeMap<i32, Vec<CellLoad>>, String>>,
+    pass: &LayoutPass,
+    previous: &[ShardStatus],
+) -> BTreeMap<i32, u64> {
+    let known = |i: i32| -> Option<u64> {
+        match prom {
+            Some(Ok(m)) => m.get(&i).map(|l| l.iter().map(|c| u64::from(c.players)).sum()),
+            Some(Err(_)) => None,
+            None => pass.shards.get(&i).and_then(|s| s.players).or_else(|| {
+                previous
+                    .iter()
+                    .find(|s| s.index == i && s.replicant_ready)
+                    .map(|s| u64::try_from(s.players).unwrap_or(0))
+            }),
+        }
+    };
+    (0..shards.max(0)).filter_map(|i| Some((i, known(i)?))).collect()
+}
+
 /// A Prometheus-less shard count when the replicant cannot be read: players from the
 /// previous status's cells (for the shard decision), `None` when nothing is known.
 pub fn players_from_cells(cells: &[CellStatus]) -> Option<u64> {
@@ -600,6 +626,25 @@ mod tests {
         // Someone scaled the StatefulSet by hand: that server is gone.
         assert!(current_drain(&prev, "s", 2).is_none());
         assert!(current_drain(&prev, "s", 0).is_none());
+    }
+
+    #[test]
+    fn the_map_gets_known_counts_only() {
+        let load = |p: u32| CellLoad { cell: "c".into(), players: p };
+        let mut pass = LayoutPass::default();
+        pass.shards.insert(0, ShardScaling { players: Some(12), ..Default::default() });
+        pass.shards.insert(1, ShardScaling::default());
+        let prev = [
+            ShardStatus { index: 1, replicant_ready: true, players: 4, ..Default::default() },
+            ShardStatus { index: 2, replicant_ready: false, players: 9, ..Default::default() },
+        ];
+        // The replicants this pass, else the last status of a ready shard.
+        assert_eq!(map_players(3, None, &pass, &prev), BTreeMap::from([(0, 12), (1, 4)]));
+        // Prometheus: its series decide; a shard without any is unknown.
+        let prom = Ok(BTreeMap::from([(0, vec![load(3), load(2)]), (2, vec![load(0)])]));
+        assert_eq!(map_players(3, Some(&prom), &pass, &prev), BTreeMap::from([(0, 5), (2, 0)]));
+        assert!(map_players(3, Some(&Err("down".into())), &pass, &prev).is_empty());
+        assert!(map_players(0, None, &pass, &prev).is_empty());
     }
 
     #[test]

@@ -158,6 +158,8 @@ pub struct LayoutRef<'a> {
     pub owner: OwnerReference,
     /// Full image reference of the node binary.
     pub image: String,
+    /// The mesh TLS Secret the pods mount ([`add_mesh_tls`]); None: plaintext mesh.
+    pub mesh_tls_secret: Option<String>,
 }
 
 impl<'a> LayoutRef<'a> {
@@ -179,7 +181,15 @@ impl<'a> LayoutRef<'a> {
             spec: &layout.spec,
             owner,
             image,
+            mesh_tls_secret: None,
         })
+    }
+
+    /// The same layout with its pods on mesh mTLS from `secret` (the operator's
+    /// `--mesh-tls-secret`).
+    pub fn with_mesh_tls(mut self, secret: Option<String>) -> Self {
+        self.mesh_tls_secret = secret;
+        self
     }
 
     fn meta(&self, name: String, role: Option<Role>, shard: Option<i32>) -> ObjectMeta {
@@ -402,7 +412,7 @@ fn container(l: &LayoutRef<'_>, role: Role, shard: i32) -> Container {
 fn pod_template(l: &LayoutRef<'_>, role: Role, shard: i32) -> PodTemplateSpec {
     let mut labels = common_labels(&l.name, Some(role), Some(shard));
     labels.extend(selector_labels(&l.name, role, shard));
-    PodTemplateSpec {
+    let mut template = PodTemplateSpec {
         metadata: Some(ObjectMeta { labels: Some(labels), ..ObjectMeta::default() }),
         spec: Some(PodSpec {
             containers: vec![container(l, role, shard)],
@@ -437,6 +447,40 @@ fn pod_template(l: &LayoutRef<'_>, role: Role, shard: i32) -> PodTemplateSpec {
             ]),
             ..PodSpec::default()
         }),
+    };
+    if let Some(secret) = &l.mesh_tls_secret {
+        add_mesh_tls(&mut template, secret);
+    }
+    template
+}
+
+/// Where the mesh TLS Secret is mounted in every mesh pod (`STARMESH_TLS_DIR`).
+pub const MESH_TLS_DIR: &str = "/etc/starmesh-tls";
+
+/// Mesh mTLS for a pod: the Secret `secret` (tls.crt, tls.key, ca.crt) mounted read-only at
+/// [`MESH_TLS_DIR`] in every container, and `STARMESH_TLS_DIR` pointing there. The kubelet
+/// updates the files in place when the Secret changes; the node reloads them.
+pub fn add_mesh_tls(template: &mut PodTemplateSpec, secret: &str) {
+    let Some(pod) = template.spec.as_mut() else { return };
+    pod.volumes.get_or_insert_with(Vec::new).push(Volume {
+        name: "mesh-tls".into(),
+        secret: Some(k8s_openapi::api::core::v1::SecretVolumeSource {
+            secret_name: Some(secret.to_string()),
+            // Group-readable: the pod's fsGroup is the node's group (non-root).
+            default_mode: Some(0o440),
+            optional: Some(false),
+            ..Default::default()
+        }),
+        ..Volume::default()
+    });
+    for c in &mut pod.containers {
+        c.volume_mounts.get_or_insert_with(Vec::new).push(VolumeMount {
+            name: "mesh-tls".into(),
+            mount_path: MESH_TLS_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+        c.env.get_or_insert_with(Vec::new).push(env("STARMESH_TLS_DIR", MESH_TLS_DIR));
     }
 }
 
@@ -648,6 +692,13 @@ pub struct ShardMap {
     /// layout has Services; the operator requeues until it does.
     #[serde(default)]
     pub gate_peers: Vec<GatePeerMap>,
+    /// `status.drainingShard` is this shard: gateways place no new player here.
+    #[serde(default)]
+    pub draining: bool,
+    /// Players in the shard as last counted (omitted when unknown): gateways place a new
+    /// player on the least-loaded shard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub players: Option<u64>,
 }
 
 /// The other end of this shard's jump gates to one StarSystem.
@@ -791,9 +842,25 @@ pub fn mesh_map(l: &LayoutRef<'_>, ips: &[ShardIps], peers: &[PeerLayout]) -> Me
                 servers_stateful_set: servers_name(&l.name, s.index),
                 servers: servers_per_shard,
                 gate_peers: gate_peers_of(s.index, peers),
+                draining: false,
+                players: None,
             })
             .collect(),
     }
+}
+
+/// The map with each shard's placement facts: `draining` (the layout's
+/// `status.drainingShard`) and its last known players (`players[i]`, when known).
+pub fn with_shard_loads(
+    mut map: MeshMap,
+    draining: Option<i32>,
+    players: &BTreeMap<i32, u64>,
+) -> MeshMap {
+    for s in &mut map.shards {
+        s.draining = draining == Some(s.index);
+        s.players = players.get(&s.index).copied();
+    }
+    map
 }
 
 /// A resource reduced to what a user wrote (no status, no server-set metadata), for the
@@ -1008,6 +1075,42 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn mesh_tls_mounts_the_secret_in_every_mesh_pod_only_when_set() {
+        let l = layout(layout_spec());
+        let templates = |r: &LayoutRef<'_>| {
+            [
+                replicant_statefulset(r, 0).spec.template,
+                servers_statefulset(r, 0, 1).spec.template,
+                gateway_deployment(r, 0).spec.template,
+            ]
+        };
+        let plain = LayoutRef::new(&l, "i").expect("ref");
+        for t in templates(&plain) {
+            let pod = t.spec.expect("pod");
+            assert!(!pod.volumes.unwrap_or_default().iter().any(|v| v.name == "mesh-tls"));
+            let env = pod.containers[0].env.clone().unwrap_or_default();
+            assert!(!env.iter().any(|e| e.name == "STARMESH_TLS_DIR"), "plaintext by default");
+        }
+        let tls = LayoutRef::new(&l, "i").expect("ref").with_mesh_tls(Some("mesh-tls".into()));
+        for t in templates(&tls) {
+            let pod = t.spec.expect("pod");
+            let vols = pod.volumes.clone().unwrap_or_default();
+            let v = vols.iter().find(|v| v.name == "mesh-tls").expect("mesh-tls volume");
+            let secret = v.secret.as_ref().expect("a Secret volume");
+            assert_eq!(secret.secret_name.as_deref(), Some("mesh-tls"));
+            assert_eq!(secret.optional, Some(false), "a missing Secret shows on the pod");
+            for c in &pod.containers {
+                let m = c.volume_mounts.as_ref().expect("mounts");
+                let m = m.iter().find(|m| m.name == "mesh-tls").expect("mounted");
+                assert_eq!((m.mount_path.as_str(), m.read_only), (MESH_TLS_DIR, Some(true)));
+                let env = c.env.as_ref().expect("env");
+                let dir = env.iter().find(|e| e.name == "STARMESH_TLS_DIR").expect("env");
+                assert_eq!(dir.value.as_deref(), Some(MESH_TLS_DIR));
+            }
+        }
+    }
+
+    #[test]
     fn embedded_store_gets_a_claim_postgres_a_secret() {
         let mut spec = layout_spec();
         spec.persistence.embedded = Some(starmesh_api::EmbeddedStore {
@@ -1146,6 +1249,29 @@ pub(crate) mod tests {
         let gap = [ips(0, 0), ips(2, 2)];
         assert_eq!(peer_shard(1, &gap).map(|s| s.index), Some(2));
         assert_eq!(peer_shard(0, &[]), None);
+    }
+
+    #[test]
+    fn mesh_map_carries_draining_and_players_for_the_gateways() {
+        let l = layout(layout_spec());
+        let r = LayoutRef::new(&l, "i").expect("ref");
+        let ips: Vec<ShardIps> = (0..2)
+            .map(|i| ShardIps {
+                index: i,
+                replicant: format!("10.0.0.{i}"),
+                gateway: format!("10.0.1.{i}"),
+            })
+            .collect();
+        let map = with_shard_loads(mesh_map(&r, &ips, &[]), Some(1), &BTreeMap::from([(0, 7)]));
+        let loads: Vec<(i32, bool, Option<u64>)> =
+            map.shards.iter().map(|s| (s.index, s.draining, s.players)).collect();
+        assert_eq!(loads, [(0, false, Some(7)), (1, true, None)]);
+        let json = serde_json::to_value(&map).expect("json");
+        assert_eq!(json["shards"][0]["players"], 7);
+        assert_eq!(json["shards"][1]["draining"], true);
+        assert!(json["shards"][1].get("players").is_none(), "unknown is omitted: {json}");
+        let back: MeshMap = serde_json::from_value(json).expect("round trip");
+        assert_eq!(back, map);
     }
 
     #[test]

@@ -14,11 +14,17 @@ pub mod gate_peers;
 pub mod leader;
 pub mod metrics;
 pub mod players;
+pub mod pod_security;
 pub mod prometheus;
 pub mod server_layout;
 pub mod star_system;
 pub mod status;
 pub mod telemetry;
+/// Mesh mTLS, shared with the node (one implementation for both ends of the Admin link).
+#[path = "../../node/src/tls.rs"]
+#[allow(dead_code)]
+pub mod tls;
+pub mod watch_check;
 
 use std::sync::Arc;
 
@@ -52,6 +58,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// What every reconciler shares.
 pub struct Context {
+    /// The mesh TLS Secret the layouts' pods mount (`--mesh-tls-secret`); None: plaintext.
+    pub mesh_tls_secret: Option<String>,
     pub client: Client,
     pub recorder: Recorder,
     pub metrics: metrics::Metrics,

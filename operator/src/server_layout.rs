@@ -46,9 +46,40 @@ use crate::{
 
 pub const RESOURCE: &str = "ServerLayout";
 
-/// How long deletion waits for servers to drain before removing the finalizer anyway:
-/// a cluster that cannot stop pods (no nodes) must still be able to delete a layout.
-const DRAIN_DEADLINE: Duration = Duration::from_secs(60);
+/// A deletion whose game servers have not stopped after this is reported: `Degraded=True`
+/// reason `DrainStuck` on the layout and one Warning Event naming the way out. It keeps
+/// waiting (drain before delete).
+const DRAIN_REPORT_AFTER: Duration = Duration::from_secs(60);
+/// ... until this: a cluster that cannot stop pods (a dead node) must still be able to
+/// delete a layout; the entities are the replicant's, already persisted, so nothing is
+/// lost by going on. Reported again (Warning `DrainAbandoned`).
+const DRAIN_GIVE_UP_AFTER: Duration = Duration::from_secs(600);
+/// Annotation releasing a deleted layout at once, without waiting for its servers to
+/// stop (the user's explicit choice, after a `DrainStuck`).
+pub const FORCE_DELETE_ANNOTATION: &str = "starmesh.dev/force-delete";
+
+/// What the deletion step does this time. Pure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrainVerdict {
+    /// Servers still stopping: wait.
+    Wait,
+    /// Still stopping after [`DRAIN_REPORT_AFTER`]: report (once) and wait.
+    Stuck,
+    /// Release the finalizer; `forced` when servers were still running.
+    Release { forced: bool },
+}
+
+pub fn drain_verdict(remaining: i32, waited: Duration, force_annotation: bool) -> DrainVerdict {
+    if remaining <= 0 {
+        DrainVerdict::Release { forced: false }
+    } else if force_annotation || waited >= DRAIN_GIVE_UP_AFTER {
+        DrainVerdict::Release { forced: true }
+    } else if waited >= DRAIN_REPORT_AFTER {
+        DrainVerdict::Stuck
+    } else {
+        DrainVerdict::Wait
+    }
+}
 
 fn apply_params() -> PatchParams {
     // force: this operator is the only intended writer of the fields it applies; taking
@@ -117,8 +148,9 @@ pub async fn reconcile(layout: Arc<ServerLayout>, ctx: Ctx) -> Result<Action> {
 
 async fn apply_layout(layout: &ServerLayout, apis: &Apis, ctx: &Ctx) -> Result<Action> {
     let name = layout.name_any();
-    let lref =
-        LayoutRef::new(layout, &ctx.node_image).ok_or(Error::MissingObjectKey("metadata.uid"))?;
+    let lref = LayoutRef::new(layout, &ctx.node_image)
+        .ok_or(Error::MissingObjectKey("metadata.uid"))?
+        .with_mesh_tls(ctx.mesh_tls_secret.clone());
     let system = apis.systems.get_opt(&layout.spec.system_ref).await?;
     let lookup = match &system {
         Some(s) => SystemLookup::Found(&s.spec),
@@ -140,13 +172,24 @@ async fn apply_layout(layout: &ServerLayout, apis: &Apis, ctx: &Ctx) -> Result<A
         autoscaler::LayoutPass::default()
     };
     let replicas = pass.replicas(&before);
+    // What the gateways place players by: the shard being drained (as the last pass
+    // decided) and the players per shard.
+    let loads = MapLoads {
+        draining: previous.draining_shard,
+        players: autoscaler::map_players(
+            layout.spec.shards,
+            prom.as_ref(),
+            &pass,
+            &previous.shard_statuses,
+        ),
+    };
 
     let mut apply_error = None;
     let mut shards = before.clone();
     let mut ips = Vec::new();
     let mut peers_pending = false;
     if let (Ok(()), Some(system)) = (&verdict, &system) {
-        match apply_children(&lref, system, apis, &replicas).await {
+        match apply_children(&lref, system, apis, &replicas, &loads).await {
             Ok((after, shard_ips, peers_complete)) => {
                 shards = after;
                 ips = shard_ips;
@@ -326,6 +369,12 @@ async fn count_players(
         .collect()
 }
 
+/// The mesh map's placement facts (see [`builders::with_shard_loads`]).
+struct MapLoads {
+    draining: Option<i32>,
+    players: BTreeMap<i32, u64>,
+}
+
 /// Applies every child of a valid layout and deletes the shards beyond `spec.shards`.
 /// Returns the shards' state as the API server answered the applies, their Service IPs,
 /// and whether the gate peers in the mesh map are complete.
@@ -334,6 +383,7 @@ async fn apply_children(
     system: &StarSystem,
     apis: &Apis,
     replicas: &BTreeMap<i32, i32>,
+    loads: &MapLoads,
 ) -> Result<(BTreeMap<i32, ShardObservation>, Vec<ShardIps>, bool)> {
     let shards = l.spec.shards.max(0);
     // Services first: the mesh map needs their cluster IPs, and pods created afterwards
@@ -349,7 +399,11 @@ async fn apply_children(
     }
     let (peers, peers_complete) =
         gate_peers::resolve(system, &apis.layouts, &apis.services).await?;
-    let map = builders::mesh_map(l, &ips, &peers);
+    let map = builders::with_shard_loads(
+        builders::mesh_map(l, &ips, &peers),
+        loads.draining,
+        &loads.players,
+    );
     let cm = builders::mesh_map_configmap(l, system, &map).map_err(Error::Serialization)?;
     apply(&apis.configmaps, &cm).await?;
 
@@ -474,9 +528,9 @@ async fn remove_finalizer(layout: &ServerLayout, api: &Api<ServerLayout>) -> Res
 /// first, so the servers stop simulating while the replicant still holds and persists
 /// every entity; then the game servers are scaled to zero so they stop cleanly
 /// (SIGTERM, grace period) before garbage collection removes the rest, and the finalizer
-/// is released. Waits at most [`DRAIN_DEADLINE`] after the deletion request for the pods
-/// to stop: a cluster that cannot stop pods must still be able to delete a layout (the
-/// entities are the replicant's, already persisted, so nothing is lost by going on).
+/// is released. Servers that do not stop are reported after [`DRAIN_REPORT_AFTER`]
+/// (condition and Warning Event) and waited for up to [`DRAIN_GIVE_UP_AFTER`], or until
+/// the user sets [`FORCE_DELETE_ANNOTATION`] (see [`drain_verdict`]).
 async fn drain(layout: &ServerLayout, apis: &Apis, ctx: &Ctx) -> Result<Action> {
     if !layout.finalizers().iter().any(|f| f == FINALIZER) {
         return Ok(Action::await_change());
@@ -487,8 +541,9 @@ async fn drain(layout: &ServerLayout, apis: &Apis, ctx: &Ctx) -> Result<Action> 
         .iter()
         .filter(|s| s.labels().get(builders::LABEL_COMPONENT).map(String::as_str) == Some("server"))
         .collect();
-    let lref =
-        LayoutRef::new(layout, &ctx.node_image).ok_or(Error::MissingObjectKey("metadata.uid"))?;
+    let lref = LayoutRef::new(layout, &ctx.node_image)
+        .ok_or(Error::MissingObjectKey("metadata.uid"))?
+        .with_mesh_tls(ctx.mesh_tls_secret.clone());
     let mut remaining = 0;
     let mut drained = Vec::new();
     for s in &servers {
@@ -509,16 +564,33 @@ async fn drain(layout: &ServerLayout, apis: &Apis, ctx: &Ctx) -> Result<Action> 
     let deleted_at =
         layout.metadata.deletion_timestamp.as_ref().map(|t| t.0).unwrap_or_else(Timestamp::now);
     let waited = Timestamp::now().duration_since(deleted_at);
-    let overdue = waited.as_secs() >= i64::try_from(DRAIN_DEADLINE.as_secs()).unwrap_or(i64::MAX);
+    let waited = Duration::from_secs(u64::try_from(waited.as_secs()).unwrap_or(0));
+    let force = layout
+        .annotations()
+        .get(FORCE_DELETE_ANNOTATION)
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
     let reference = layout.object_ref(&());
-    if remaining > 0 && !overdue {
-        tracing::info!(layout = %name, remaining, "draining: waiting for game servers to stop");
-        return Ok(Action::requeue(Duration::from_secs(2)));
-    }
-    let note = if remaining > 0 {
+    let forced = match drain_verdict(remaining, waited, force) {
+        DrainVerdict::Wait => {
+            tracing::info!(layout = %name, remaining, "draining: waiting for game servers to stop");
+            return Ok(Action::requeue(Duration::from_secs(2)));
+        }
+        DrainVerdict::Stuck => {
+            report_drain_stuck(layout, apis, ctx, remaining, waited).await;
+            return Ok(Action::requeue(Duration::from_secs(10)));
+        }
+        DrainVerdict::Release { forced } => forced,
+    };
+    let note = if forced {
         format!(
-            "{remaining} game server pod(s) still stopping after {}s; deleting anyway",
-            DRAIN_DEADLINE.as_secs()
+            "{remaining} game server pod(s) still running after {}s of draining ({}); \
+             deleting anyway (their entities are persisted by the replicant)",
+            waited.as_secs(),
+            if force {
+                format!("annotation {FORCE_DELETE_ANNOTATION}")
+            } else {
+                format!("limit {}s", DRAIN_GIVE_UP_AFTER.as_secs())
+            }
         )
     } else {
         format!(
@@ -529,14 +601,63 @@ async fn drain(layout: &ServerLayout, apis: &Apis, ctx: &Ctx) -> Result<Action> 
     if !drained.is_empty() {
         tracing::info!(layout = %name, "drain through the replicants: {}", drained.join("; "));
     }
-    let kind = if remaining > 0 { EventType::Warning } else { EventType::Normal };
+    let (kind, reason) = if forced {
+        (EventType::Warning, "DrainAbandoned")
+    } else {
+        (EventType::Normal, "Drained")
+    };
     // Best effort: the layout is going away, a lost Event must not block deletion.
-    if let Err(e) = ctx.recorder.publish(&event(kind, "Drained", "Drain", note), &reference).await {
+    if let Err(e) = ctx.recorder.publish(&event(kind, reason, "Drain", note), &reference).await {
         tracing::warn!(layout = %name, error = %e, "could not publish the Drained event");
     }
     remove_finalizer(layout, &apis.layouts).await?;
     tracing::info!(layout = %name, "drained; finalizer removed");
     Ok(Action::await_change())
+}
+
+/// A deletion's drain is overdue: `Degraded=True` reason `DrainStuck` on the layout and,
+/// when that is new, one Warning Event saying how to go on. Best effort (logged): the
+/// wait goes on either way.
+async fn report_drain_stuck(
+    layout: &ServerLayout,
+    apis: &Apis,
+    ctx: &Ctx,
+    remaining: i32,
+    waited: Duration,
+) {
+    let name = layout.name_any();
+    let previous = layout.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
+    if conditions::find(&previous, conditions::DEGRADED)
+        .is_some_and(|c| c.status == "True" && c.reason == "DrainStuck")
+    {
+        return;
+    }
+    let message = format!(
+        "deleted, but {remaining} game server pod(s) still running after {}s: waiting for \
+         them to stop (up to {}s in all; `kubectl annotate serverlayout/{name} {FORCE_DELETE_ANNOTATION}=true` \
+         releases it now)",
+        waited.as_secs(),
+        DRAIN_GIVE_UP_AFTER.as_secs()
+    );
+    let d = conditions::Desired::new(conditions::DEGRADED, true, "DrainStuck", message.clone());
+    let now = Time(Timestamp::now());
+    let stuck =
+        conditions::merge(&previous, std::slice::from_ref(&d), layout.metadata.generation, &now);
+    let mut next: Vec<_> =
+        previous.iter().filter(|c| c.type_ != conditions::DEGRADED).cloned().collect();
+    next.extend(stuck);
+    // A merge patch of the list alone: the layout is going away, nothing else of its
+    // status changes any more.
+    let patch = json!({"status": {"conditions": next}});
+    if let Err(e) =
+        apis.layouts.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await
+    {
+        tracing::warn!(layout = %name, error = %e, "could not report the stuck drain in the status");
+    }
+    let ev = event(EventType::Warning, "DrainStuck", "Drain", message);
+    if let Err(e) = ctx.recorder.publish(&ev, &layout.object_ref(&())).await {
+        tracing::warn!(layout = %name, error = %e, "could not publish the DrainStuck event");
+    }
 }
 
 /// Asks shard `shard`'s replicant to drain its `n` game servers, highest ordinal first.
@@ -586,6 +707,21 @@ mod tests {
 
     fn obs(i: i32, servers: i32) -> (i32, ShardObservation) {
         (i, ShardObservation { index: i, servers_desired: servers, ..Default::default() })
+    }
+
+    #[test]
+    fn a_deletion_waits_reports_then_gives_up_or_is_forced() {
+        let s = Duration::from_secs;
+        assert_eq!(drain_verdict(0, s(0), false), DrainVerdict::Release { forced: false });
+        assert_eq!(drain_verdict(0, s(9999), true), DrainVerdict::Release { forced: false });
+        assert_eq!(drain_verdict(2, s(10), false), DrainVerdict::Wait);
+        assert_eq!(drain_verdict(2, DRAIN_REPORT_AFTER, false), DrainVerdict::Stuck);
+        assert_eq!(drain_verdict(2, s(599), false), DrainVerdict::Stuck, "reported, not forced");
+        assert_eq!(
+            drain_verdict(2, DRAIN_GIVE_UP_AFTER, false),
+            DrainVerdict::Release { forced: true }
+        );
+        assert_eq!(drain_verdict(1, s(1), true), DrainVerdict::Release { forced: true });
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! custom component: the orbit's centre, radius and phase, 32 bytes, so any
 //! server that takes it over (after a handoff or a crash) continues the same
 //! orbit. A player's first input spawns their beacon; later inputs of one
-//! byte set its angular speed (radians per second / 10).
+//! byte set its angular speed (radians per second / 10). The first input may
+//! be the text `x,y,territory` or the mesh's own `GameInput` spawn (what
+//! `starmesh bots` sends), so the bots can load-test a studio's server too.
 //!
 //! Run it against a replicant like `starmesh server`:
 //! `cargo run -p starmesh-sdk --example beacons -- --replicant 127.0.0.1:7000 --name s-earth`.
@@ -12,15 +14,17 @@
 use std::collections::BTreeSet;
 
 use bytes::Bytes;
-use starmesh_sdk::{Entity, EntityId, Game, Neighbour, PlayerId, Slot, Spawned, Vec3};
+use prost::Message;
+use starmesh_sdk::{Entity, EntityId, Game, Neighbour, PlayerId, Slot, Spawned, Vec3, pb};
 
 const BEACON_KIND: u32 = 42;
 
-/// The beacon's component: centre (x, y), radius, phase, angular speed.
+/// The beacon's component: centre (x, y, z), radius, phase, angular speed.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 struct Orbit {
     cx: f64,
     cy: f64,
+    cz: f64,
     radius: f64,
     phase: f64,
     speed: f64,
@@ -28,8 +32,8 @@ struct Orbit {
 
 impl Orbit {
     fn encode(&self) -> Bytes {
-        let mut out = Vec::with_capacity(40);
-        for f in [self.cx, self.cy, self.radius, self.phase, self.speed] {
+        let mut out = Vec::with_capacity(48);
+        for f in [self.cx, self.cy, self.cz, self.radius, self.phase, self.speed] {
             out.extend_from_slice(&f.to_le_bytes());
         }
         Bytes::from(out)
@@ -38,15 +42,16 @@ impl Orbit {
     /// Components from another game (or corrupted) decode as `None`: left alone.
     fn decode(b: &[u8]) -> Option<Orbit> {
         let f = |i: usize| Some(f64::from_le_bytes(b.get(i * 8..i * 8 + 8)?.try_into().ok()?));
-        let o = Orbit { cx: f(0)?, cy: f(1)?, radius: f(2)?, phase: f(3)?, speed: f(4)? };
-        [o.cx, o.cy, o.radius, o.phase, o.speed].iter().all(|x| x.is_finite()).then_some(o)
+        let o =
+            Orbit { cx: f(0)?, cy: f(1)?, cz: f(2)?, radius: f(3)?, phase: f(4)?, speed: f(5)? };
+        [o.cx, o.cy, o.cz, o.radius, o.phase, o.speed].iter().all(|x| x.is_finite()).then_some(o)
     }
 
     fn position(&self) -> Vec3 {
         Vec3::new(
             self.cx + self.radius * self.phase.cos(),
             self.cy + self.radius * self.phase.sin(),
-            0.0,
+            self.cz,
         )
     }
 }
@@ -84,12 +89,15 @@ impl Game for Beacons {
     }
 
     fn spawn(&mut self, id: EntityId, _player: PlayerId, input: &[u8]) -> Option<Spawned> {
-        // "x,y,territory": where to put the beacon and the territory that is.
-        let text = std::str::from_utf8(input).ok()?;
-        let mut parts = text.splitn(3, ',');
-        let (x, y) = (parts.next()?.parse().ok()?, parts.next()?.parse().ok()?);
-        let territory = parts.next()?.to_string();
-        let o = Orbit { cx: x, cy: y, radius: 10.0, phase: 0.0, speed: 0.5 };
+        let (centre, territory) = spawn_point(input)?;
+        let o = Orbit {
+            cx: centre.x,
+            cy: centre.y,
+            cz: centre.z,
+            radius: 10.0,
+            phase: 0.0,
+            speed: 0.5,
+        };
         Some(Spawned {
             entity: Entity {
                 id,
@@ -133,6 +141,24 @@ impl Game for Beacons {
     }
 }
 
+/// Where a player's first input puts their beacon, and the territory that is:
+/// the text `x,y,territory`, or the mesh's `GameInput` spawn (position and
+/// territory the gateway chose) that `starmesh bots` sends.
+fn spawn_point(input: &[u8]) -> Option<(Vec3, String)> {
+    if let Ok(text) = std::str::from_utf8(input) {
+        let mut parts = text.splitn(3, ',');
+        if let (Some(x), Some(y), Some(t)) = (parts.next(), parts.next(), parts.next())
+            && let (Ok(x), Ok(y)) = (x.parse(), y.parse())
+        {
+            return Some((Vec3::new(x, y, 0.0), t.to_string()));
+        }
+    }
+    let g = pb::GameInput::decode(input).ok()?;
+    let Some(pb::game_input::Cmd::Spawn(sp)) = g.cmd else { return None };
+    let p = sp.position?;
+    [p.x, p.y, p.z].iter().all(|c| c.is_finite()).then(|| (Vec3::new(p.x, p.y, p.z), sp.territory))
+}
+
 fn main() -> anyhow::Result<()> {
     starmesh_sdk::main(Beacons::default())
 }
@@ -159,5 +185,22 @@ mod tests {
         let mut slots = vec![Slot::new(&mut e)];
         other.tick(&mut slots, 1.0);
         assert!(!slots[0].changed(), "at rest: no write");
+    }
+
+    #[test]
+    fn the_bots_spawn_input_places_a_beacon_where_the_gateway_chose() {
+        let input = pb::GameInput {
+            cmd: Some(pb::game_input::Cmd::Spawn(pb::Spawn {
+                position: Some(pb::Vec3 { x: 5.0, y: 6.0, z: 7.0 }),
+                territory: "delamar".into(),
+                ..Default::default()
+            })),
+        }
+        .encode_to_vec();
+        let sp = Beacons::default().spawn(9, 1, &input).expect("spawned");
+        assert_eq!(sp.territory, "delamar");
+        assert_eq!(sp.entity.position, Vec3::new(15.0, 6.0, 7.0));
+        assert_eq!(Orbit::decode(&sp.entity.components).map(|o| o.cz), Some(7.0));
+        assert!(Beacons::default().spawn(9, 1, b"not a spawn").is_none());
     }
 }

@@ -55,6 +55,11 @@ impl Game for Mover {
     fn entered(&mut self, e: &Entity) {
         self.0.lock().unwrap().entered.push(e.id);
     }
+
+    // Declared in the runner's Hello: its writes go typed, checked by the replicant.
+    fn components(&self) -> custom::Registry {
+        self.1.clone()
+    }
 }
 
 /// s-moon: holds no ship, watches earth.
@@ -96,7 +101,10 @@ async fn create_ship(addr: std::net::SocketAddr) {
         .expect("connect");
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     let msg = |m| pb::ServerMessage { msg: Some(m) };
-    let hello = pb::Hello { server_name: "s-earth".into(), protocol_version: 1 };
+    // Declares the counter type, as the runner does from `Game::components`.
+    let components =
+        vec![pb::ComponentType { type_name: COUNTER.into(), schema_version: 1, max_bytes: 8 }];
+    let hello = pb::Hello { server_name: "s-earth".into(), protocol_version: 1, components };
     tx.send(msg(server_message::Msg::Hello(hello))).await.unwrap();
     let mut rx =
         c.session(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();

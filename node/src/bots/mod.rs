@@ -48,13 +48,20 @@ pub struct GateOptions {
     /// Longest a transfer may keep the ship out of both systems' bubbles
     /// (from its last sight in the old system to its first in the new one).
     pub bound: Duration,
+    /// `--spawn-near`: every bot not bound for a gate flies to this destination (a
+    /// landing zone, station...) and stays there, so load gathers where a test wants it.
+    pub near: Option<String>,
 }
 
 impl Default for GateOptions {
     fn default() -> Self {
-        Self { share: 0.0, bound: Duration::from_secs(30) }
+        Self { share: 0.0, bound: Duration::from_secs(30), near: None }
     }
 }
+
+/// Joins answered with a redirect a bot follows in a row before it counts the join as
+/// failed (and retries): a layout's gateways agree within one mesh-map refresh.
+const MAX_REDIRECTS: u32 = 3;
 
 /// Stops the bots early (as at the end of `duration`: they report). Made by
 /// `Stop::new` (stop with the sender: `send(true)`), or `Stop::never`.
@@ -98,6 +105,10 @@ struct BotResult {
     gate_unfollowed: u64,
     /// Sightings of the own ship in the old system after its jump.
     seen_in_both: u64,
+    /// Joins redirected to another shard's gateway (and followed).
+    redirects: u64,
+    /// `--spawn-near` names no destination of the system.
+    near_unknown: bool,
 }
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -131,6 +142,9 @@ pub struct Report {
     /// Sightings of a ship in the system it had left, in the seconds after its jump
     /// (it must be in exactly one system).
     pub gate_seen_in_both: u64,
+    /// Joins redirected to another shard's gateway (the ship lives there, or it is less
+    /// loaded), followed by the bots.
+    pub redirects: u64,
     /// True when stopped early (Ctrl-C) rather than at the end of the duration.
     pub stopped_early: bool,
     pub violations: Vec<String>,
@@ -185,6 +199,7 @@ impl Report {
                 "gate gap p50/max (ms)",
                 format!("{:.0}/{:.0}", self.gate_gap_ms_p50, self.gate_gap_ms_max),
             ),
+            ("joins redirected to another shard", self.redirects.to_string()),
             ("duration (s)", format!("{:.1}", self.duration_s)),
             (
                 "invariants",
@@ -206,7 +221,10 @@ fn aggregate(results: Vec<BotResult>, n: usize, duration: Duration, bound: Durat
     let mut lat: Vec<f64> = Vec::new();
     let mut ticks: Vec<u64> = Vec::new();
     let mut never = 0;
+    let mut near_unknown = 0;
     for b in results {
+        r.redirects += b.redirects;
+        near_unknown += u64::from(b.near_unknown);
         if b.joined && b.streamed {
             r.connected += 1;
         } else {
@@ -259,6 +277,10 @@ fn aggregate(results: Vec<BotResult>, n: usize, duration: Duration, bound: Durat
             "{} jumps to a system without a known gateway (--gateway-peer)",
             r.gate_unfollowed
         ));
+    }
+    if near_unknown > 0 {
+        r.violations
+            .push(format!("{near_unknown} bots: --spawn-near names no destination of the system"));
     }
     if never > 0 {
         r.violations.push(format!("{never} players never connected"));
@@ -324,6 +346,26 @@ pub fn choose_gate_route(j: &pb::JoinResponse, seed: u64) -> Vec<pb::Waypoint> {
     route
 }
 
+/// `--spawn-near`: a route of one point inside the destination named `near`, different
+/// per bot (`seed`): the ship flies there and stays. Spread over the location rather than
+/// all at its centre, so the players are a crowd in one place, not one point (a k-d split
+/// at the players' median needs them apart). `None` when the system has no such place.
+pub fn choose_near_route(j: &pb::JoinResponse, near: &str, seed: u64) -> Option<Vec<pb::Waypoint>> {
+    let d = j.destinations.iter().find(|d| d.name == near)?;
+    let c = d.position?;
+    // A direction from the seed, and a distance within 80 % of the radius.
+    let u = |k: u64| (splitmix(seed ^ k) % 2_000_001) as f64 / 1_000_000.0 - 1.0;
+    let (x, y, z) = (u(1), u(2), u(3));
+    let len = (x * x + y * y + z * z).sqrt().max(1e-9);
+    let r = d.radius * 0.8 * (splitmix(seed ^ 4) % 1_000_001) as f64 / 1_000_000.0;
+    let p = pb::Vec3 { x: c.x + x / len * r, y: c.y + y / len * r, z: c.z + z / len * r };
+    Some(vec![pb::Waypoint {
+        name: d.name.clone(),
+        position: Some(p),
+        radius: (d.radius * 0.05).max(0.001),
+    }])
+}
+
 /// Whether bot `i` flies into a gate, for a share in 0..=1.
 fn takes_gate(i: usize, share: f64) -> bool {
     (splitmix(i as u64 ^ 0x0067_6174_6573) % 1_000_000) as f64 / 1e6 < share
@@ -367,10 +409,10 @@ pub async fn run(cfg: BotsConfig, stop: Stop) -> anyhow::Result<Report> {
 pub async fn run_with(cfg: BotsConfig, gates: GateOptions, stop: Stop) -> anyhow::Result<Report> {
     let endpoint = endpoint(&cfg.gateway)?;
     let conns = cfg.n.div_ceil(PLAYERS_PER_CONNECTION).max(1);
-    let mut channels = Vec::new();
-    for _ in 0..conns {
-        channels.push(endpoint.connect().await?);
-    }
+    // Lazy: a gateway not reachable yet (a pod's network still coming up, the gateway
+    // restarting) is retried by each bot's join loop until the deadline, not fatal.
+    let channels: Vec<tonic::transport::Channel> =
+        (0..conns).map(|_| endpoint.connect_lazy()).collect();
     let gateways = Gateways::default();
     gateways.0.lock().unwrap_or_else(|p| p.into_inner()).insert(cfg.gateway.clone(), channels);
     let start = Instant::now();
@@ -448,8 +490,8 @@ async fn bot(i: usize, ch: tonic::transport::Channel, ctx: Ctx<'_>, mut stop: St
                 }
                 None => String::new(),
             };
-            match client.join(pb::JoinRequest { name: name.clone(), token }).await {
-                Ok(r) => break r.into_inner(),
+            match join_following_redirects(&mut client, &name, &token, &ctx, i, &mut res).await {
+                Ok(r) => break r,
                 Err(e) => {
                     if Instant::now() > end(&res.obs) {
                         tracing::warn!(bot = %name, error = %e, "could not join");
@@ -471,6 +513,11 @@ async fn bot(i: usize, ch: tonic::transport::Channel, ctx: Ctx<'_>, mut stop: St
             Vec::new()
         } else if gate_bot {
             choose_gate_route(&join, i as u64)
+        } else if let Some(near) = &ctx.gates.near {
+            choose_near_route(&join, near, i as u64).unwrap_or_else(|| {
+                res.near_unknown = true;
+                Vec::new()
+            })
         } else {
             choose_route(&join, i as u64)
         };
@@ -562,6 +609,44 @@ async fn bot(i: usize, ch: tonic::transport::Channel, ctx: Ctx<'_>, mut stop: St
     }
     res.obs.finish();
     res
+}
+
+/// Joins at `client`'s gateway, following redirects to other shards' gateways (at most
+/// [`MAX_REDIRECTS`]); `client` ends up on the gateway that took the player.
+async fn join_following_redirects(
+    client: &mut pb::player_link_client::PlayerLinkClient<tonic::transport::Channel>,
+    name: &str,
+    token: &str,
+    ctx: &Ctx<'_>,
+    i: usize,
+    res: &mut BotResult,
+) -> Result<pb::JoinResponse, tonic::Status> {
+    let mut redirected = false;
+    for _ in 0..=MAX_REDIRECTS {
+        let mut req = tonic::Request::new(pb::JoinRequest {
+            name: name.to_string(),
+            token: token.to_string(),
+        });
+        if redirected {
+            req.metadata_mut().insert(
+                crate::gateway::REDIRECTED_HEADER,
+                tonic::metadata::MetadataValue::from_static("1"),
+            );
+        }
+        let r = client.join(req).await?.into_inner();
+        if r.redirect.is_empty() {
+            return Ok(r);
+        }
+        let ch = ctx.gateways.channel(&r.redirect, i, ctx.conns).map_err(|e| {
+            tonic::Status::invalid_argument(format!("redirect {}: {e}", r.redirect))
+        })?;
+        tracing::debug!(bot = %name, shard = r.redirect_shard, gateway = %r.redirect, "join redirected");
+        *client = pb::player_link_client::PlayerLinkClient::new(ch)
+            .max_decoding_message_size(4 * 1024 * 1024);
+        res.redirects += 1;
+        redirected = true;
+    }
+    Err(tonic::Status::unavailable(format!("more than {MAX_REDIRECTS} redirects in a row")))
 }
 
 /// How long after a jump a bot watches the old system for its ship.
@@ -670,6 +755,37 @@ mod tests {
         assert!((400..600).contains(&half), "{half}");
     }
 
+    #[test]
+    fn near_routes_go_to_the_named_destination_only() {
+        let j = pb::JoinResponse {
+            spawn: "lz".into(),
+            destinations: vec![
+                dest("lz", "landingZone", 0.0, "a"),
+                dest("ruin", "landingZone", 10.0, "b"),
+            ],
+            ..Default::default()
+        };
+        let mut points = Vec::new();
+        for seed in 0..50 {
+            let r = choose_near_route(&j, "ruin", seed).expect("a destination");
+            assert_eq!((r.len(), r[0].name.as_str()), (1, "ruin"));
+            let p = r[0].position.expect("a point");
+            let d = ((p.x - 10.0).powi(2) + p.y.powi(2) + p.z.powi(2)).sqrt();
+            assert!(d <= 0.8 + 1e-9, "inside the destination: {d}");
+            assert!(r[0].radius > 0.0 && r[0].radius < 1.0);
+            points.push(format!("{:.6},{:.6},{:.6}", p.x, p.y, p.z));
+        }
+        assert_eq!(choose_near_route(&j, "ruin", 7), choose_near_route(&j, "ruin", 7), "stable");
+        points.sort();
+        points.dedup();
+        assert!(points.len() > 45, "spread, not one point: {}", points.len());
+        assert!(choose_near_route(&j, "nowhere", 1).is_none());
+        let lost =
+            BotResult { joined: true, streamed: true, near_unknown: true, ..Default::default() };
+        let r = aggregate(vec![lost], 1, Duration::ZERO, Duration::from_secs(1));
+        assert!(!r.ok(), "an unknown --spawn-near is a violation");
+    }
+
     #[tokio::test]
     async fn stop_ends_the_run_and_never_never_does() {
         let (tx, mut stop) = Stop::new();
@@ -741,6 +857,11 @@ pub struct BotsArgs {
     /// as a violation, e.g. `30s`.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub gate_bound: Duration,
+    /// Fly every bot's ship (except those bound for a gate) to this destination of the
+    /// system, e.g. a landing zone, and keep it there: the ships spawn at the system's
+    /// spawn points, then gather here, so the load lands where a test wants it.
+    #[arg(long, value_name = "LOCATION")]
+    pub spawn_near: Option<String>,
     /// The gateway's player token key file: each bot mints its own token with it.
     #[arg(long, env = "STARMESH_PLAYER_TOKEN_KEY")]
     pub player_token_key: Option<std::path::PathBuf>,
@@ -780,7 +901,7 @@ pub fn main(a: BotsArgs) -> anyhow::Result<()> {
             .transpose()?,
     };
     anyhow::ensure!((0.0..=1.0).contains(&a.gate_share), "--gate-share must be in 0..=1");
-    let gates = GateOptions { share: a.gate_share, bound: a.gate_bound };
+    let gates = GateOptions { share: a.gate_share, bound: a.gate_bound, near: a.spawn_near };
     let report = tokio::runtime::Runtime::new()?.block_on(async move {
         // Ctrl-C ends the run early; the bots still report.
         let (tx, stop) = Stop::new();

@@ -14,6 +14,7 @@ pub mod bubble;
 pub mod deadline;
 pub mod placement;
 pub mod rate_limit;
+pub mod shards;
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -95,6 +96,7 @@ pub struct Metrics {
     pub spawn_requests: IntCounter,
     pub gate_transfers: IntCounter,
     pub auth_refused: IntCounter,
+    pub redirects: IntCounter,
 }
 
 impl Metrics {
@@ -152,6 +154,11 @@ impl Metrics {
             auth_refused: c(
                 "starmesh_gateway_auth_refused_total",
                 "Join or Play refused for a missing, malformed, forged or expired token",
+            ),
+            redirects: c(
+                "starmesh_gateway_redirects_total",
+                "Joins answered with a redirect to another shard's gateway (the ship lives \
+                 there, or it is less loaded)",
             ),
             described: r.described(),
             registry: r.registry(),
@@ -248,7 +255,19 @@ pub struct Hub {
     /// One sender per replicant link (`None` while it is down).
     links: Vec<Mutex<Option<mpsc::Sender<pb::GatewayMessage>>>>,
     started: Instant,
+    /// This gateway's shard and every shard of the layout (the mesh map in a cluster;
+    /// empty elsewhere: every player plays here).
+    shards: Mutex<(i32, Vec<crate::mesh_map::ShardLoad>)>,
+    /// Admin clients to the shards' replicants, for "where is this ship" lookups.
+    admins: Mutex<HashMap<std::net::SocketAddr, AdminClient>>,
 }
+
+type AdminClient = pb::admin_client::AdminClient<tonic::transport::Channel>;
+
+/// Metadata a client following a redirect sends with its next Join: that gateway then
+/// redirects only to the shard holding the ship, never again for load (no ping-pong
+/// while two gateways read different versions of the mesh map).
+pub const REDIRECTED_HEADER: &str = "starmesh-redirected";
 
 impl Hub {
     pub fn new(cfg: GatewayConfig, world: World) -> Arc<Self> {
@@ -276,6 +295,92 @@ impl Hub {
             metrics: Metrics::new(),
             players: Mutex::new(HashMap::new()),
             started: Instant::now(),
+            shards: Mutex::new((0, Vec::new())),
+            admins: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// This gateway is shard `own` of a layout whose shards are `shards` (from the mesh
+    /// map, re-read while running): joins are placed among them.
+    pub fn set_shards(&self, own: i32, shards: Vec<crate::mesh_map::ShardLoad>) {
+        let mut cur = self.shards.lock().unwrap_or_else(|p| p.into_inner());
+        // One line when what placement can use changes (not on every count change):
+        // operators and tests grep for it.
+        let shape = |v: &[crate::mesh_map::ShardLoad]| -> Vec<(i32, bool, bool)> {
+            v.iter().map(|s| (s.index, s.draining, s.players.is_some())).collect()
+        };
+        if cur.0 != own || shape(&cur.1) != shape(&shards) {
+            let list: Vec<String> = shards
+                .iter()
+                .map(|s| {
+                    let n = s.players.map_or("?".to_string(), |n| n.to_string());
+                    let d = if s.draining { " draining" } else { "" };
+                    format!("{}({n} players{d})", s.index)
+                })
+                .collect();
+            tracing::info!("placement: shard {own} of shards [{}]", list.join(", "));
+        }
+        *cur = (own, shards);
+    }
+
+    fn admin(&self, addr: std::net::SocketAddr) -> Option<AdminClient> {
+        let mut m = self.admins.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = m.get(&addr) {
+            return Some(c.clone());
+        }
+        let c = admin_client(&addr.to_string())?;
+        m.insert(addr, c.clone());
+        Some(c)
+    }
+
+    /// Where `player` plays: `None` here, or the shard (and its gateway) to redirect to.
+    /// A ship that exists somewhere is found first (asked of every shard's replicant):
+    /// its shard wins, so no player ever gets a second ship. Only a player with no ship
+    /// anywhere is placed by load ([`shards::choose`]), and not when it follows a redirect
+    /// already. A replicant that cannot answer makes the join fail (retryable): placing
+    /// the player without knowing could create a second ship.
+    async fn place(
+        &self,
+        player: PlayerId,
+        redirected: bool,
+    ) -> Result<Option<crate::mesh_map::ShardLoad>, Status> {
+        let (own, shards) = self.shards.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if shards.len() < 2 || self.players().contains_key(&player) {
+            return Ok(None);
+        }
+        let ship = placement::ship_of(player);
+        // Our own shard first: the common case (a returning player) needs one lookup.
+        let mut order: Vec<&crate::mesh_map::ShardLoad> = shards.iter().collect();
+        order.sort_by_key(|s| (s.index != own, s.index));
+        if order.first().is_none_or(|s| s.index != own) {
+            // We are not in the map (yet): play here, as before shards were placed.
+            return Ok(None);
+        }
+        for s in &order {
+            let mut admin = self.admin(s.replicant).ok_or_else(|| {
+                Status::internal(format!(
+                    "starmesh.placement: bad replicant address {}",
+                    s.replicant
+                ))
+            })?;
+            let r = admin.lookup(pb::LookupRequest { id: ship }).await.map_err(|e| {
+                Status::unavailable(format!(
+                    "starmesh.placement: shard {} cannot say whether it holds this ship ({}); retry",
+                    s.index,
+                    e.message()
+                ))
+            })?;
+            let r = r.into_inner();
+            if r.present || r.in_transit || r.departed {
+                return Ok((s.index != own).then(|| (*s).clone()));
+            }
+        }
+        if redirected {
+            return Ok(None);
+        }
+        Ok(match shards::choose(own, &shards) {
+            shards::Placement::Here => None,
+            shards::Placement::Shard(i) => shards.iter().find(|s| s.index == i).cloned(),
         })
     }
 
@@ -432,7 +537,10 @@ fn admin_client(
         .ok()?
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(2));
-    Some(pb::admin_client::AdminClient::new(ep.connect_lazy()))
+    Some(pb::admin_client::AdminClient::new(crate::tls::connect_lazy(
+        ep,
+        crate::tls::process().as_ref(),
+    )))
 }
 
 /// Checks a player's command field by field (nothing unvalidated goes on).
@@ -487,11 +595,10 @@ async fn replicant_link(hub: Arc<Hub>, i: usize) {
 }
 
 async fn link_session(hub: &Arc<Hub>, i: usize) -> anyhow::Result<()> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", hub.cfg.replicant))?
+    let ep = tonic::transport::Endpoint::from_shared(format!("http://{}", hub.cfg.replicant))?
         .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .connect()
-        .await?;
+        .tcp_nodelay(true);
+    let channel = crate::tls::connect(ep, crate::tls::process().as_ref()).await?;
     let mut client = pb::gateway_link_client::GatewayLinkClient::new(channel)
         .max_decoding_message_size(MAX_REPLICANT_MESSAGE_BYTES);
     let (tx, rx) = mpsc::channel(LINK_QUEUE);
@@ -578,6 +685,7 @@ impl pb::player_link_server::PlayerLink for Svc {
         req: Request<pb::JoinRequest>,
     ) -> Result<Response<pb::JoinResponse>, Status> {
         let hub = &self.0;
+        let metadata_redirected = req.metadata().contains_key(REDIRECTED_HEADER);
         let req = req.into_inner();
         let (name, token) = match &hub.token_key {
             Some(key) => {
@@ -604,6 +712,18 @@ impl pb::player_link_server::PlayerLink for Svc {
             ));
         }
         let player = placement::player_id(&name);
+        let redirected = metadata_redirected;
+        if let Some(to) = hub.place(player, redirected).await? {
+            hub.metrics.redirects.inc();
+            tracing::debug!(player, shard = to.index, gateway = %to.gateway, "join redirected");
+            return Ok(Response::new(pb::JoinResponse {
+                player_id: player,
+                entity_id: placement::ship_of(player),
+                redirect: to.gateway.to_string(),
+                redirect_shard: to.index,
+                ..Default::default()
+            }));
+        }
         let spawn = hub.world.spawn_for(player);
         hub.metrics.joins.inc();
         Ok(Response::new(pb::JoinResponse {
@@ -613,6 +733,7 @@ impl pb::player_link_server::PlayerLink for Svc {
             spawn: spawn.location,
             destinations: hub.world.destinations.clone(),
             input_rate: hub.cfg.input_rate,
+            ..Default::default()
         }))
     }
 
@@ -985,6 +1106,10 @@ pub struct GatewayArgs {
     /// The shard's replicant (host:port of its gRPC endpoint); else read from --mesh-map.
     #[arg(long, env = "STARMESH_REPLICANT")]
     pub replicant: Option<String>,
+    /// Mesh mTLS to the replicant: a folder with tls.crt, tls.key and ca.crt (reloaded when
+    /// it changes). Without it, plaintext. The player port (--listen) is not affected.
+    #[arg(long, env = "STARMESH_TLS_DIR")]
+    pub tls_dir: Option<std::path::PathBuf>,
     /// The operator's mesh map (mesh-map.json), in a cluster.
     #[arg(long, env = "STARMESH_MESH_MAP")]
     pub mesh_map: Option<std::path::PathBuf>,
@@ -1025,6 +1150,7 @@ pub struct GatewayArgs {
 
 /// The `starmesh gateway` role.
 pub fn main(a: GatewayArgs) -> anyhow::Result<()> {
+    crate::tls::init_process(a.tls_dir.as_deref())?;
     let files: Vec<std::path::PathBuf> = a.system.iter().chain(a.layout.iter()).cloned().collect();
     let world = if files.is_empty() { World::empty() } else { World::load(&files)? };
     let replicant =
@@ -1056,6 +1182,20 @@ pub fn main(a: GatewayArgs) -> anyhow::Result<()> {
     let key = a.player_token_key.as_deref().map(auth::TokenKey::from_file).transpose()?;
     tokio::runtime::Runtime::new()?.block_on(async move {
         let r = serve_with_auth(cfg, world, a.listen, a.metrics, links, key).await?;
+        if let Some(path) = a.mesh_map.clone() {
+            // The layout's shards (addresses, draining, players): read now, then followed.
+            let initial =
+                crate::mesh_map::MeshMap::load(&path).map(|m| m.shard_loads()).unwrap_or_default();
+            r.hub.set_shards(a.shard, initial.clone());
+            let (hub, shard) = (r.hub.clone(), a.shard);
+            crate::mesh_map::follow(
+                path,
+                crate::mesh_map::FOLLOW_INTERVAL,
+                initial,
+                |m| Ok(m.shard_loads()),
+                move |s: &Vec<crate::mesh_map::ShardLoad>| hub.set_shards(shard, s.clone()),
+            );
+        }
         if let (Some(path), Some(initial)) = (a.mesh_map.clone(), from_map) {
             let (hub, explicit, shard) = (r.hub.clone(), a.gateway_peers.clone(), a.shard);
             crate::mesh_map::follow(

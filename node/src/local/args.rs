@@ -36,4 +36,8 @@ pub struct LocalArgs {
     /// summary. Default: until Ctrl-C.
     #[arg(long, value_parser = super::duration::parse)]
     pub duration: Option<Duration>,
+    /// Mesh links over mutual TLS, with a throwaway CA and certificate minted
+    /// into `<data>/tls` at each start (as in a cluster with `meshTLS.enabled`).
+    #[arg(long)]
+    pub tls: bool,
 }

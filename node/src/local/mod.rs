@@ -154,6 +154,14 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<i32> {
         Err(e) => return fail(EXIT_ENVIRONMENT, e),
     };
     let web_addr = listener.local_addr()?;
+    if args.tls {
+        let dir = args.data.join("tls");
+        if let Err(e) =
+            crate::tls_dev::mint_dir(&dir).and_then(|()| crate::tls::init_process(Some(&dir)))
+        {
+            return fail(EXIT_ENVIRONMENT, format!("--tls: {e}"));
+        }
+    }
     let gates = loaded.system.spec.jump_gates.len();
     progress.step(format!(
         "resources valid: StarSystem {} ({} locations, {gates} jump gates{}), ServerLayout {}",

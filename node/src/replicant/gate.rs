@@ -112,7 +112,8 @@ fn gate_client(system: &str, addr: &str) -> anyhow::Result<GateClient> {
         .map_err(|e| anyhow::anyhow!("--gate-peer {system}={addr}: {e}"))?
         .connect_timeout(Duration::from_secs(2))
         .timeout(ARRIVE_TIMEOUT);
-    Ok(GateClient::new(ep.connect_lazy()).max_decoding_message_size(validate::MAX_MESSAGE_BYTES))
+    let channel = crate::tls::connect_lazy(ep, crate::tls::process().as_ref());
+    Ok(GateClient::new(channel).max_decoding_message_size(validate::MAX_MESSAGE_BYTES))
 }
 
 impl Gates {

@@ -15,6 +15,16 @@
 //! `MIN_WEIGHT` per tick while the heaviest gains at most `MAX_WEIGHT`, so a
 //! waiting entity overtakes fresh ones after a bounded number of ticks:
 //! nothing starves.
+//!
+//! Level of detail (players' bubbles): without a cap a bubble's work grows with
+//! the entities in view, so a shard's grows with players x players in view. A
+//! [`BubbleCap`] bounds it: the bubble holds only its nearest `max_entities`
+//! (the rest leave the view, and come back as the crowd thins), the nearest
+//! `full_rate` of them are updated every tick and the others every `far_every`
+//! ticks. Pinned entities (the player's own ship, what it interacts with) are
+//! always held at full rate and do not count against the cap. The choice is the
+//! pure [`select_detail`]; servers' neighbourhoods are never capped (they
+//! simulate what they see).
 
 use std::collections::HashMap;
 
@@ -33,6 +43,117 @@ const MAX_CHANGE_WEIGHT: f64 = 2.0;
 /// Upper bound on one tick's gain: proximity (1) + change (2) + enter (1) + min.
 pub const MAX_WEIGHT: f64 = 1.0 + MAX_CHANGE_WEIGHT + ENTER_BONUS + MIN_WEIGHT;
 
+/// An entity already in the view ranks as if this much nearer (distance factor),
+/// so one at the edge of the cap does not enter and leave on alternate ticks.
+pub const HYSTERESIS: f64 = 0.9;
+
+/// Level of detail of a bubble: how many entities it holds and how often each is
+/// updated. See the module documentation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BubbleCap {
+    /// Most entities the bubble holds, nearest first (pinned ones not counted).
+    pub max_entities: usize,
+    /// The nearest this many of those are updated every tick.
+    pub full_rate: usize,
+    /// The others every this many ticks (each entity on its own phase, so the
+    /// work spreads evenly over the ticks); entering is never delayed.
+    pub far_every: u64,
+}
+
+impl BubbleCap {
+    /// No level of detail: everything in range, every tick (servers' neighbourhoods).
+    pub const UNLIMITED: BubbleCap =
+        BubbleCap { max_entities: usize::MAX, full_rate: usize::MAX, far_every: 1 };
+
+    /// A cap of `max_entities` (0: unlimited) with the default share at full rate.
+    pub fn with_max(max_entities: usize) -> Self {
+        if max_entities == 0 {
+            return Self::UNLIMITED;
+        }
+        let d = Self::default();
+        Self { max_entities, full_rate: d.full_rate.min(max_entities), ..d }
+    }
+
+    pub fn is_unlimited(&self) -> bool {
+        self.max_entities == usize::MAX && (self.full_rate == usize::MAX || self.far_every <= 1)
+    }
+}
+
+impl Default for BubbleCap {
+    /// 128 entities, the nearest 32 every tick and the rest every 4th: at most
+    /// 32 + 96/4 = 56 updates a tick per player however crowded the bubble, ~3.7 KB
+    /// at the ~65 bytes of a delta (measured in BENCHMARKS.md).
+    fn default() -> Self {
+        BubbleCap { max_entities: 128, full_rate: 32, far_every: 4 }
+    }
+}
+
+/// How often a held entity is updated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Detail {
+    /// Every tick.
+    Full,
+    /// Every `far_every` ticks.
+    Far,
+}
+
+/// An entity in range, as [`select_detail`] ranks it.
+#[derive(Clone, Copy, Debug)]
+pub struct Candidate<T> {
+    pub id: EntityId,
+    /// Squared distance from the bubble's centre.
+    pub dist2: f64,
+    /// Already in the subscriber's view (ranks [`HYSTERESIS`] nearer).
+    pub known: bool,
+    /// Carried along for the caller (the entity itself, in `plan`).
+    pub item: T,
+}
+
+/// Which of the entities in range a capped bubble holds, and at what detail: every
+/// pinned one at `Full`; of the rest the nearest `max_entities` (incumbents ranked
+/// [`HYSTERESIS`] nearer, ties by id), the nearest `full_rate` of them `Full`, the
+/// others `Far`. `candidates` is reordered. Pure.
+pub fn select_detail<T: Copy>(
+    candidates: &mut Vec<Candidate<T>>,
+    pinned: &[EntityId],
+    cap: BubbleCap,
+    out: &mut Vec<(Candidate<T>, Detail)>,
+) {
+    out.clear();
+    if !pinned.is_empty() {
+        candidates.retain(|c| {
+            let pin = pinned.contains(&c.id);
+            if pin {
+                out.push((*c, Detail::Full));
+            }
+            !pin
+        });
+    }
+    let key = |c: &Candidate<T>| if c.known { c.dist2 * HYSTERESIS * HYSTERESIS } else { c.dist2 };
+    let order =
+        |a: &Candidate<T>, b: &Candidate<T>| key(a).total_cmp(&key(b)).then(a.id.cmp(&b.id));
+    if candidates.len() > cap.max_entities {
+        candidates.select_nth_unstable_by(cap.max_entities, order);
+        candidates.truncate(cap.max_entities);
+    }
+    let full = if cap.far_every <= 1 { candidates.len() } else { cap.full_rate };
+    if candidates.len() > full {
+        candidates.select_nth_unstable_by(full, order);
+    }
+    for (i, c) in candidates.iter().enumerate() {
+        out.push((*c, if i < full { Detail::Full } else { Detail::Far }));
+    }
+}
+
+/// Whether a held entity with a pending change is sent this tick: `Full` always,
+/// `Far` on its phase (`(tick + id) % far_every == 0`) or when it enters the view.
+pub fn due(detail: Detail, known: bool, id: EntityId, tick: u64, far_every: u64) -> bool {
+    match detail {
+        Detail::Full => true,
+        Detail::Far => !known || far_every <= 1 || tick.wrapping_add(id).is_multiple_of(far_every),
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Sent {
     version: u64,
@@ -48,6 +169,10 @@ pub struct Subscription {
     // entity in range per subscriber per tick (`benches/hot_delta.rs`).
     sent: FastMap<EntityId, Sent>,
     acc: FastMap<EntityId, f64>,
+    /// Level of detail ([`BubbleCap::UNLIMITED`] unless [`Subscription::capped`]).
+    pub cap: BubbleCap,
+    /// Held at full rate whatever the cap: the player's own ship, what it interacts with.
+    pub pinned: Vec<EntityId>,
 }
 
 /// What to send this tick, and how the view changes if it is delivered.
@@ -84,7 +209,21 @@ fn delta(e: &Entity, s: Sent) -> pb::EntityDelta {
 
 impl Subscription {
     pub fn new(interest: Interest, budget_bytes: usize) -> Self {
-        Self { interest, budget_bytes, sent: FastMap::default(), acc: FastMap::default() }
+        Self {
+            interest,
+            budget_bytes,
+            sent: FastMap::default(),
+            acc: FastMap::default(),
+            cap: BubbleCap::UNLIMITED,
+            pinned: Vec::new(),
+        }
+    }
+
+    /// With a level of detail (a player's bubble): `pinned` are always held.
+    pub fn capped(mut self, cap: BubbleCap, pinned: Vec<EntityId>) -> Self {
+        self.cap = cap;
+        self.pinned = pinned;
+        self
     }
 
     /// How many entities the subscriber currently knows.
@@ -97,7 +236,36 @@ impl Subscription {
     pub fn plan(&mut self, world: &World) -> Plan {
         let mut plan = Plan::default();
         world.index.query(self.interest.center, self.interest.radius, &mut plan.in_range);
-        let in_range: FastSet<EntityId> = plan.in_range.iter().copied().collect();
+        // What the view holds: everything in range, or what the cap keeps of it
+        // (`plan.in_range` stays whole: what is near is needed, shown or not).
+        let held: Vec<(Candidate<&Entity>, Detail)> = if self.cap.is_unlimited() {
+            plan.in_range
+                .iter()
+                .filter_map(|id| world.entity(*id))
+                .map(|e| {
+                    let c = Candidate { id: e.id, dist2: 0.0, known: false, item: e };
+                    (c, Detail::Full)
+                })
+                .collect()
+        } else {
+            let center = self.interest.center;
+            let mut cands: Vec<Candidate<&Entity>> = plan
+                .in_range
+                .iter()
+                .filter_map(|id| world.entity(*id))
+                .map(|e| Candidate {
+                    id: e.id,
+                    dist2: e.position.dist2(center),
+                    known: self.sent.contains_key(&e.id),
+                    item: e,
+                })
+                .collect();
+            let mut out = Vec::with_capacity(cands.len().min(self.cap.max_entities) + 1);
+            select_detail(&mut cands, &self.pinned, self.cap, &mut out);
+            out
+        };
+        let in_range: FastSet<EntityId> = held.iter().map(|(c, _)| c.id).collect();
+        let tick = world.tick();
 
         // Removals first: they are tiny and keep the view exact.
         let mut leaves: Vec<EntityId> =
@@ -114,13 +282,16 @@ impl Subscription {
         // Pending entries: entered, or changed since last sent.
         // With the entity itself, so sending needs no second lookup.
         let mut pending: Vec<(f64, EntityId, &Entity)> = Vec::new();
-        for id in &plan.in_range {
-            let Some(e) = world.entity(*id) else { continue };
+        for (c, detail) in &held {
+            let (id, e) = (&c.id, c.item);
             let (gap, enter) = match self.sent.get(id) {
                 Some(s) if s.version == e.version => continue,
                 Some(s) => (e.version.saturating_sub(s.version) as f64, false),
                 None => (1.0, true),
             };
+            if !due(*detail, !enter, *id, tick, self.cap.far_every) {
+                continue;
+            }
             let proximity = 1.0
                 - (e.position.dist(self.interest.center) / self.interest.radius).clamp(0.0, 1.0);
             let w = MIN_WEIGHT
@@ -302,6 +473,138 @@ mod tests {
         assert_eq!(p.updates.len(), 1, "50 changes while undeliverable coalesce into one update");
     }
 
+    fn cand(id: EntityId, d: f64, known: bool) -> Candidate<()> {
+        Candidate { id, dist2: d * d, known, item: () }
+    }
+
+    fn ids(out: &[(Candidate<()>, Detail)], detail: Detail) -> Vec<EntityId> {
+        let mut v: Vec<EntityId> =
+            out.iter().filter(|(_, d)| *d == detail).map(|(c, _)| c.id).collect();
+        v.sort_unstable();
+        v
+    }
+
+    #[test]
+    fn select_detail_keeps_the_nearest_and_every_pinned_one() {
+        // Entity i at distance i; 7 is pinned although it is the farthest but one.
+        let mut c: Vec<_> = (1..=8).rev().map(|i| cand(i, i as f64, false)).collect();
+        let cap = BubbleCap { max_entities: 4, full_rate: 2, far_every: 3 };
+        let mut out = Vec::new();
+        select_detail(&mut c, &[7], cap, &mut out);
+        assert_eq!(ids(&out, Detail::Full), vec![1, 2, 7], "the 2 nearest and the pinned one");
+        assert_eq!(ids(&out, Detail::Far), vec![3, 4], "the next 2 up to the cap of 4");
+        // The cap never drops a pinned entity, even with room for none.
+        let mut c: Vec<_> = (1..=8).map(|i| cand(i, i as f64, false)).collect();
+        let none = BubbleCap { max_entities: 0, full_rate: 0, far_every: 3 };
+        select_detail(&mut c, &[8, 5], none, &mut out);
+        assert_eq!(ids(&out, Detail::Full), vec![5, 8]);
+        assert!(ids(&out, Detail::Far).is_empty());
+    }
+
+    #[test]
+    fn select_detail_unlimited_and_ties() {
+        let mut c: Vec<_> = (1..=50).map(|i| cand(i, 1.0, false)).collect();
+        let mut out = Vec::new();
+        select_detail(&mut c, &[], BubbleCap::UNLIMITED, &mut out);
+        assert_eq!(ids(&out, Detail::Full), (1..=50).collect::<Vec<_>>());
+        // Equal distances: the lower ids win, whatever the input order.
+        let mut c: Vec<_> = (1..=50).rev().map(|i| cand(i, 1.0, false)).collect();
+        let cap = BubbleCap { max_entities: 10, full_rate: 5, far_every: 2 };
+        select_detail(&mut c, &[], cap, &mut out);
+        assert_eq!(ids(&out, Detail::Full), vec![1, 2, 3, 4, 5]);
+        assert_eq!(ids(&out, Detail::Far), vec![6, 7, 8, 9, 10]);
+        // far_every 1 means one rate: everything held is Full.
+        let mut c: Vec<_> = (1..=50).map(|i| cand(i, i as f64, false)).collect();
+        let one_rate = BubbleCap { max_entities: 10, full_rate: 2, far_every: 1 };
+        select_detail(&mut c, &[], one_rate, &mut out);
+        assert_eq!(ids(&out, Detail::Full), (1..=10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn select_detail_hysteresis_keeps_an_incumbent_at_the_edge() {
+        let cap = BubbleCap { max_entities: 1, full_rate: 1, far_every: 2 };
+        let mut out = Vec::new();
+        // Known at 1.05, new at 1.0: the incumbent stays (it ranks at 0.945).
+        let mut c = vec![cand(1, 1.0, false), cand(2, 1.05, true)];
+        select_detail(&mut c, &[], cap, &mut out);
+        assert_eq!(ids(&out, Detail::Full), vec![2]);
+        // Known at 1.2 (ranks 1.08), new at 1.0: the new one takes its place.
+        let mut c = vec![cand(1, 1.0, false), cand(2, 1.2, true)];
+        select_detail(&mut c, &[], cap, &mut out);
+        assert_eq!(ids(&out, Detail::Full), vec![1]);
+    }
+
+    #[test]
+    fn due_full_always_far_on_its_phase_and_on_entering() {
+        for tick in 0..12 {
+            assert!(due(Detail::Full, true, 7, tick, 4));
+            assert!(due(Detail::Far, false, 7, tick, 4), "entering is never delayed");
+        }
+        let ticks: Vec<u64> = (0..12).filter(|t| due(Detail::Far, true, 7, *t, 4)).collect();
+        assert_eq!(ticks, vec![1, 5, 9], "every 4th tick, on entity 7's phase");
+        assert!((0..5).all(|t| due(Detail::Far, true, 7, t, 1)));
+    }
+
+    #[test]
+    fn capped_bubble_bounds_the_view_and_the_updates_per_tick() {
+        let mut w = world_with(&["s1"]);
+        // 300 entities along a line inside the radius; the player's ship (1) at the
+        // centre, a pinned entity (300) at the far edge.
+        let place = |id: u64| Vec3::new(id as f64 * 0.3, 0.0, 0.0);
+        for id in 1..=300 {
+            put(&mut w, id, place(id), b"x");
+        }
+        let cap = BubbleCap { max_entities: 40, full_rate: 10, far_every: 4 };
+        let mut s = Subscription::new(Interest { center: Vec3::default(), radius: 100.0 }, 1 << 30)
+            .capped(cap, vec![1, 300]);
+        let mut view = HashMap::new();
+        w.end_tick();
+        let p = s.plan(&w);
+        apply_to_view(&mut view, &p.updates);
+        s.commit(&p);
+        assert_eq!(view.len(), 42, "the 2 pinned + the 40 nearest others");
+        assert!(view.contains_key(&300), "a pinned entity is never dropped");
+        assert!((1..=41).all(|id| view.contains_key(&id)), "the ship and the nearest 40 are held");
+        // Every entity changes every tick: the pinned two and the 10 nearest others
+        // every tick, the other 30 once every 4 ticks, each on its phase (7 or 8 a tick).
+        let mut sent: HashMap<EntityId, u32> = HashMap::new();
+        for _ in 0..8 {
+            for id in 1..=300 {
+                put(&mut w, id, place(id), b"x");
+            }
+            w.end_tick();
+            let p = s.plan(&w);
+            assert!(p.updates.len() <= 2 + 10 + 8, "{} updates", p.updates.len());
+            for u in &p.updates {
+                match &u.change {
+                    Some(Change::Delta(d)) => *sent.entry(d.id).or_default() += 1,
+                    other => panic!("only deltas while nothing moves: {other:?}"),
+                }
+            }
+            apply_to_view(&mut view, &p.updates);
+            s.commit(&p);
+        }
+        for id in (1..=11).chain([300]) {
+            assert_eq!(sent.get(&id), Some(&8), "pinned or near entity {id} every tick");
+        }
+        for id in 12..=41 {
+            assert_eq!(sent.get(&id), Some(&2), "far entity {id} every 4th tick");
+        }
+        assert!((42..300).all(|id| !sent.contains_key(&id)), "nothing beyond the cap");
+        // The crowd thins to under the cap: the view becomes the whole truth again.
+        for id in 2..=260 {
+            put(&mut w, id, Vec3::new(5000.0, 0.0, 0.0), b"x");
+        }
+        for _ in 0..4 {
+            w.end_tick();
+            let p = s.plan(&w);
+            apply_to_view(&mut view, &p.updates);
+            s.commit(&p);
+        }
+        let got: HashMap<EntityId, u64> = view.iter().map(|(id, e)| (*id, e.version)).collect();
+        assert_eq!(got, truth(&w, s.interest));
+    }
+
     #[derive(Debug, Clone)]
     enum Op {
         Write(u64, (f64, f64, f64)),
@@ -368,6 +671,50 @@ mod tests {
                 }
             }
             check(&mut w, &mut subs)?;
+        }
+
+        /// A capped bubble: never more than the cap (+ pinned) entities, never one
+        /// out of range, the pinned ship always current; and once the crowd in range
+        /// fits the cap, `far_every` quiet ticks make the view equal the truth.
+        #[test]
+        fn capped_views_stay_bounded_and_converge(ops in prop::collection::vec(op(), 1..80)) {
+            let mut w = world_with(&["s1"]);
+            put(&mut w, 1, Vec3::default(), b"ship");
+            let cap = BubbleCap { max_entities: 6, full_rate: 2, far_every: 3 };
+            let mut s = Subscription::new(Interest { center: Vec3::default(), radius: 800.0 }, 1 << 30)
+                .capped(cap, vec![1]);
+            let mut view: HashMap<EntityId, pb::EntityState> = HashMap::new();
+            for op in ops {
+                match op {
+                    Op::Write(id, p) | Op::Stale(id, p) if id != 1 => {
+                        put(&mut w, id, Vec3::new(p.0, p.1, p.2), b"x");
+                    }
+                    Op::Move(_, p, _) => {
+                        put(&mut w, 1, Vec3::new(p.0, p.1, p.2), b"ship");
+                    }
+                    _ => {}
+                }
+                w.end_tick();
+                s.interest.center = w.entity(1).unwrap().position;
+                let p = s.plan(&w);
+                apply_to_view(&mut view, &p.updates);
+                s.commit(&p);
+                let t = truth(&w, s.interest);
+                prop_assert!(view.len() <= cap.max_entities + 1, "{} held", view.len());
+                prop_assert!(view.keys().all(|id| t.contains_key(id)), "held out of range");
+                prop_assert_eq!(view.get(&1).map(|e| e.version), t.get(&1).copied());
+            }
+            let t = truth(&w, s.interest);
+            if t.len() <= cap.max_entities + 1 {
+                for _ in 0..cap.far_every {
+                    w.end_tick();
+                    let p = s.plan(&w);
+                    apply_to_view(&mut view, &p.updates);
+                    s.commit(&p);
+                }
+                let got: HashMap<EntityId, u64> = view.iter().map(|(id, e)| (*id, e.version)).collect();
+                prop_assert_eq!(got, t);
+            }
         }
     }
 }

@@ -8,6 +8,7 @@
 //! never held across an `.await`.
 
 pub mod authority;
+pub mod components;
 pub mod gate;
 pub mod interest;
 pub mod metrics;
@@ -56,6 +57,8 @@ pub struct Config {
     pub slow_subscriber_timeout: Duration,
     /// Jump-gate peers: (StarSystem name, `host:port` of its replicant's gRPC).
     pub gate_peers: Vec<(String, String)>,
+    /// Level of detail of every player's bubble (`interest::BubbleCap`).
+    pub bubble_cap: interest::BubbleCap,
 }
 
 impl Default for Config {
@@ -70,6 +73,7 @@ impl Default for Config {
             cell_size_km: 100.0,
             slow_subscriber_timeout: Duration::from_secs(10),
             gate_peers: Vec::new(),
+            bubble_cap: interest::BubbleCap::default(),
         }
     }
 }
@@ -133,6 +137,8 @@ pub struct Core {
     pub gates: gate::GateBook,
     /// The partition's version and the changes waiting for the next tick boundary.
     pub partition: partition::Book,
+    /// The custom component types servers declared (`components`).
+    pub components: components::Registry,
     next_conn: u64,
 }
 
@@ -155,6 +161,7 @@ impl Core {
             stream_in_wanted: Vec::new(),
             gates: gate::GateBook::default(),
             partition: partition::Book::default(),
+            components: components::Registry::default(),
             next_conn: 0,
         }
     }

@@ -33,7 +33,7 @@ pub struct Svc(pub Arc<Shared>);
 
 pub async fn serve_grpc(shared: Arc<Shared>, listener: tokio::net::TcpListener) {
     let svc = Svc(shared.clone());
-    let r = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .add_service(
             pb::server_link_server::ServerLinkServer::new(svc.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
@@ -48,11 +48,15 @@ pub async fn serve_grpc(shared: Arc<Shared>, listener: tokio::net::TcpListener) 
         )
         .add_service(
             pb::admin_server::AdminServer::new(svc).max_decoding_message_size(MAX_MESSAGE_BYTES),
-        )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-            shared.shutdown.notified().await
-        })
-        .await;
+        );
+    let stop = async move { shared.shutdown.notified().await };
+    // Mesh mTLS when this process has it (--tls-dir): every link to the replicant.
+    let r = match crate::tls::process() {
+        Some(tls) => {
+            router.serve_with_incoming_shutdown(crate::tls::incoming(listener, tls), stop).await
+        }
+        None => router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop).await,
+    };
     if let Err(e) = r {
         tracing::error!(error = %e, "gRPC server ended");
     }
@@ -224,6 +228,12 @@ async fn server_session(
             Err(end) => break end,
         };
         m.count("server", "in", msg.encoded_len());
+        // Read before `server_message` consumes the message (the registry's inputs).
+        let declared = match validate::declared_components(&msg) {
+            Ok(d) => d,
+            Err(e) => break StreamEnd::Bad(e.into()),
+        };
+        let typed = validate::written_components(&msg);
         let cmd = match validate::server_message(msg) {
             Ok(c) => c,
             Err(e) => break StreamEnd::Bad(e.into()),
@@ -232,6 +242,15 @@ async fn server_session(
         match (cmd, &session) {
             (ServerCommand::Hello(name), None) => {
                 let conn = core.next_conn();
+                // A conflicting component declaration refuses the whole Hello: nothing changed.
+                if let Err(c) =
+                    core.components.register(conn, &name, declared.as_deref().unwrap_or_default())
+                {
+                    tracing::warn!(server = %name, error = %c, "server refused at connect");
+                    break StreamEnd::Bad(Status::failed_precondition(format!(
+                        "starmesh.wire: {c}"
+                    )));
+                }
                 core.servers.insert(
                     conn,
                     ServerConn {
@@ -296,6 +315,14 @@ async fn server_session(
             }
             (ServerCommand::Write(w), Some((conn, name))) => {
                 let (conn, seq, id) = (*conn, w.seq, w.id);
+                if let Err(r) = core.components.check(&typed) {
+                    // A typed component the shard's registry does not allow: refused whole.
+                    m.rejected_writes.with_label_values(&[r.label()]).inc();
+                    let r =
+                        pb::WriteRejected { seq, id, reason: r.reason() as i32, current_epoch: 0 };
+                    core.tick_rejections.entry(conn).or_default().add(r);
+                    continue;
+                }
                 if core.gates.fences(id) {
                     // Left (or leaving) through a jump gate: a write must not
                     // re-create it here (that would be a second copy).
@@ -364,6 +391,7 @@ async fn server_session(
     match session {
         Some((conn, name)) => {
             tracing::info!(server = %name, conn, "server stream closed; giving its territories away");
+            core.components.release(conn);
             core.drop_server(
                 conn,
                 end.unwrap_or_else(|| Status::cancelled("starmesh: stream closed")),
@@ -438,10 +466,12 @@ async fn gateway_session(
                     Some(e) => e.position,
                     None => core.world.evicted_at(entity).map_or(position, |(p, _)| p),
                 };
+                // Capped (level of detail); the player's own ship is always held.
                 let sub = Subscription::new(
                     crate::model::Interest { center, radius },
                     shared.cfg.budget_bytes,
-                );
+                )
+                .capped(shared.cfg.bubble_cap, vec![entity]);
                 // Re-attaching (e.g. to another gateway) replaces the old placement.
                 if let Some(old) =
                     core.players.insert(player, Player { conn, entity, sub, slow_ticks: 0 })

@@ -138,22 +138,22 @@ pub fn step(shared: &Shared, core: &mut Core, now: Instant) -> Vec<EntityId> {
     // recomputed from the truth, merging whatever changed meanwhile. So a
     // link's memory here is its queue (at most `queue_capacity` batches, each
     // within the player's byte budget), whatever the number of players.
-    let mut waiting: HashMap<u64, Vec<(u64, PlayerId, super::interest::Plan)>> = HashMap::new();
+    //
+    // Only as many players as the link has room for are planned: a plan that
+    // cannot be queued would be thrown away and recomputed next tick, and with
+    // many players on a backed-up link planning them all was most of the tick
+    // (the fan-out collapse at 256 subscribers, BENCHMARKS.md). A player not
+    // planned this tick counts as deferred, and waits in `fair_turns` order.
+    let mut links: HashMap<u64, Vec<(u64, PlayerId, ())>> = HashMap::new();
     for (pid, p) in players.iter_mut() {
         if let Some(e) = world.entity(p.entity) {
             p.sub.interest.center = e.position;
         }
-        let plan = p.sub.plan(world);
         world.evicted_near(p.sub.interest.center, p.sub.interest.radius, &mut wanted);
-        needed.extend_from_slice(&plan.in_range);
-        if plan.is_empty() {
-            p.slow_ticks = 0;
-            continue;
-        }
-        waiting.entry(p.conn).or_default().push((p.slow_ticks, *pid, plan));
+        links.entry(p.conn).or_default().push((p.slow_ticks, *pid, ()));
     }
     let mut slow_links = Vec::new();
-    for (conn, mut turns) in waiting {
+    for (conn, mut turns) in links {
         let Some(g) = gateways.get_mut(&conn) else { continue };
         let room = g.tx.capacity().saturating_sub(CONTROL_HEADROOM);
         // A link is too slow when its queue stays full (nothing taken off it),
@@ -167,13 +167,21 @@ pub fn step(shared: &Shared, core: &mut Core, now: Instant) -> Vec<EntityId> {
             g.stalled_ticks = 0;
         }
         fair_turns(&mut turns);
-        for (i, (_, pid, mut plan)) in turns.into_iter().enumerate() {
+        let mut served = 0;
+        for (_, pid, ()) in turns {
             let Some(p) = players.get_mut(&pid) else { continue };
-            if i >= room {
+            if served >= room {
                 m.subscriber_deferred_ticks.inc();
                 p.slow_ticks += 1;
                 continue;
             }
+            let mut plan = p.sub.plan(world);
+            needed.extend_from_slice(&plan.in_range);
+            if plan.is_empty() {
+                p.slow_ticks = 0;
+                continue;
+            }
+            served += 1;
             let msg = pb::GatewayUpdate {
                 player_id: pid,
                 batch: Some(pb::UpdateBatch {

@@ -6,8 +6,11 @@
 //! accepts is one the replicant accepts.
 //!
 //! A game registers the types it writes, each with the schema version it
-//! writes, in a `Registry`; writing an unregistered type is an error here, not
-//! a surprise for the next server that reads it.
+//! writes, in a `Registry` (returned by `Game::components`); writing an
+//! unregistered type is an error here, not a surprise for the next server
+//! that reads it. The runner declares the registry in its `Hello` and sends
+//! the components typed, so the replicant (the shard's authority on types,
+//! `replicant/components.rs`) checks every write too.
 
 use std::collections::BTreeMap;
 
@@ -32,6 +35,15 @@ pub fn decode(components: &[u8]) -> Vec<pb::CustomComponent> {
 /// The component of type `type_name`, if `e` has one.
 pub fn get(e: &Entity, type_name: &str) -> Option<pb::CustomComponent> {
     components(e).into_iter().find(|c| c.type_name == type_name)
+}
+
+/// `components` as typed components to send in `EntityWrite.custom`: only a
+/// non-empty `ComponentSet` that is exactly the canonical encoding of itself
+/// (what `Registry::set` writes), so opaque bytes that happen to decode are
+/// never reinterpreted.
+pub fn typed(components: &[u8]) -> Option<Vec<pb::CustomComponent>> {
+    let set = pb::ComponentSet::decode(components).ok()?;
+    (!set.custom.is_empty() && set.encode_to_vec() == components).then_some(set.custom)
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -65,6 +77,24 @@ impl Registry {
 
     pub fn schema_version(&self, type_name: &str) -> Option<u32> {
         self.types.get(type_name).copied()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.types.is_empty()
+    }
+
+    /// The types as the `Hello` declares them to the replicant (the shard's
+    /// registry, which checks every typed write against them). `max_bytes` 0:
+    /// the components bound.
+    pub fn declarations(&self) -> Vec<pb::ComponentType> {
+        self.types
+            .iter()
+            .map(|(name, v)| pb::ComponentType {
+                type_name: name.clone(),
+                schema_version: *v,
+                max_bytes: 0,
+            })
+            .collect()
     }
 
     /// Sets (or replaces) the component `type_name` of `e` to `data`, stamped
@@ -146,6 +176,15 @@ mod tests {
         // The bytes are exactly what the replicant stores for the same write.
         let w = validate::component_set(components(&x)).unwrap();
         assert_eq!(w, x.components);
+        // What the runner sends typed: exactly this set, and never opaque bytes.
+        assert_eq!(typed(&x.components).map(|c| c.len()), Some(1));
+        assert_eq!(typed(b""), None);
+        assert_eq!(typed(&[0xff, 0x01]), None);
+        let d = r.declarations();
+        assert_eq!(
+            d.iter().map(|t| (t.type_name.as_str(), t.schema_version)).collect::<Vec<_>>(),
+            [("acme.cargo", 3), ("acme.crew", 1)]
+        );
     }
 
     #[test]

@@ -140,6 +140,13 @@ pub trait Game: Send + 'static {
     fn takes_gate(&self, _e: &Entity) -> bool {
         true
     }
+    /// The custom component types this game writes, declared to the
+    /// replicant at connect (which refuses writes of any other type or
+    /// version). Non-empty: `components` are typed, built with
+    /// `custom::Registry::set`. Empty (the default): opaque bytes.
+    fn components(&self) -> super::custom::Registry {
+        super::custom::Registry::new()
+    }
 }
 
 pub const SHIP_KIND: u32 = 1;

@@ -136,7 +136,11 @@ pub fn ticks_skipped(gap: Duration, period: Duration) -> u64 {
     if slots > 1.5 { slots.round() as u64 - 1 } else { 0 }
 }
 
-fn write_msg(seq: u64, epoch: u64, e: &Entity) -> pb::ServerMessage {
+/// `typed`: the game declared component types (`Game::components`), so a
+/// canonical `ComponentSet` in `components` goes out as `custom`, for the
+/// replicant's registry to check; otherwise the bytes go as they are.
+fn write_msg(seq: u64, epoch: u64, e: &Entity, typed: bool) -> pb::ServerMessage {
+    let set = if typed { custom::typed(&e.components) } else { None };
     pb::ServerMessage {
         msg: Some(server_message::Msg::Write(pb::EntityWrite {
             seq,
@@ -146,10 +150,8 @@ fn write_msg(seq: u64, epoch: u64, e: &Entity) -> pb::ServerMessage {
             position: Some(vec3_to_pb(e.position)),
             velocity: Some(vec3_to_pb(e.velocity)),
             location: e.location.to_string(),
-            components: e.components.clone(),
-            // Typed components travel already encoded in `components` (`custom.rs`
-            // builds them with the replicant's own validation).
-            custom: vec![],
+            components: if set.is_some() { Default::default() } else { e.components.clone() },
+            custom: set.unwrap_or_default(),
         })),
     }
 }
@@ -169,6 +171,8 @@ struct Session<'a, G> {
     at_gate: HashSet<EntityId>,
     /// The neighbourhood last sent (`Game::neighbourhood`), to send only changes.
     interest: Option<(crate::model::Vec3, f64)>,
+    /// Writes carry typed components (`write_msg`).
+    typed: bool,
 }
 
 /// One connection. Returns whether the replicant welcomed us (for backoff).
@@ -178,17 +182,19 @@ async fn session<G: Game>(
     m: &Metrics,
     system: Option<Arc<SystemView>>,
 ) -> anyhow::Result<bool> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", cfg.replicant))?
+    let ep = tonic::transport::Endpoint::from_shared(format!("http://{}", cfg.replicant))?
         .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .connect()
-        .await?;
+        .tcp_nodelay(true);
+    let channel = crate::tls::connect(ep, crate::tls::process().as_ref()).await?;
     let mut client = pb::server_link_client::ServerLinkClient::new(channel)
         .max_decoding_message_size(MAX_INBOUND_BYTES);
     let (tx, rx) = mpsc::channel(OUT_QUEUE);
+    let components = game.components().declarations();
+    let typed = !components.is_empty();
     let hello = server_message::Msg::Hello(pb::Hello {
         server_name: cfg.name.clone(),
         protocol_version: validate::PROTOCOL_VERSION,
+        components,
     });
     tx.send(pb::ServerMessage { msg: Some(hello) }).await?;
     let mut inbound = client.session(ReceiverStream::new(rx)).await?.into_inner();
@@ -203,6 +209,7 @@ async fn session<G: Game>(
         system,
         at_gate: HashSet::new(),
         interest: None,
+        typed,
     };
 
     let period = cfg.period();
@@ -430,7 +437,11 @@ impl<G: Game> Session<'_, G> {
                         // would place it in another territory and fence it off.
                         if sendable(&entity) {
                             self.seq += 1;
-                            if self.tx.try_send(write_msg(self.seq, epoch, &entity)).is_ok() {
+                            if self
+                                .tx
+                                .try_send(write_msg(self.seq, epoch, &entity, self.typed))
+                                .is_ok()
+                            {
                                 m.writes.inc();
                             } else {
                                 m.writes_dropped.inc();
@@ -517,7 +528,7 @@ impl<G: Game> Session<'_, G> {
                 continue;
             }
             self.seq += 1;
-            match self.tx.try_send(write_msg(self.seq, epoch, &h.entity)) {
+            match self.tx.try_send(write_msg(self.seq, epoch, &h.entity, self.typed)) {
                 Ok(()) => self.m.writes.inc(),
                 Err(_) => self.m.writes_dropped.inc(),
             }
@@ -554,7 +565,7 @@ impl<G: Game> Session<'_, G> {
             // gate radius against it and moves exactly this state.
             if sendable(&h.entity) {
                 self.seq += 1;
-                if self.tx.try_send(write_msg(self.seq, epoch, &h.entity)).is_err() {
+                if self.tx.try_send(write_msg(self.seq, epoch, &h.entity, self.typed)).is_err() {
                     self.m.writes_dropped.inc();
                     continue;
                 }
@@ -706,6 +717,7 @@ mod tests {
             system: Some(gate_world()),
             at_gate: HashSet::new(),
             interest: None,
+            typed: false,
         };
         let msg = |m| pb::ReplicantMessage { msg: Some(m) };
         s.handle(msg(Msg::Grant(pb::AuthorityGrant { territory: "t".into(), epoch: 4 })));
@@ -789,6 +801,7 @@ mod tests {
             system: None,
             at_gate: HashSet::new(),
             interest: None,
+            typed: false,
         };
         let msg = |m| pb::ReplicantMessage { msg: Some(m) };
         let x = |s: &Session<'_, game::ExampleGame>| s.owned.get(5).map(|h| h.entity.position.x);
@@ -871,6 +884,10 @@ pub struct ServerArgs {
     /// ships arriving through one. Without it, ships take no gates.
     #[arg(long, env = "STARMESH_SYSTEM_FILE")]
     pub system: Option<std::path::PathBuf>,
+    /// Mesh mTLS: a folder with tls.crt, tls.key and ca.crt (reloaded when it changes).
+    /// Without it, plaintext.
+    #[arg(long, env = "STARMESH_TLS_DIR")]
+    pub tls_dir: Option<std::path::PathBuf>,
 }
 
 /// The `starmesh server` role with the example game.
@@ -894,6 +911,7 @@ pub fn main_with<G: Game>(a: ServerArgs, game: G) -> anyhow::Result<()> {
         Some(p) => Some(Arc::new(SystemView::load(p)?)),
         None => None,
     };
+    crate::tls::init_process(a.tls_dir.as_deref())?;
     tokio::runtime::Runtime::new()?.block_on(async move {
         let cfg = ServerConfig { replicant, name, tick_hz: a.tick_rate };
         let m = Arc::new(Metrics::new(cfg.period().as_secs_f64()));

@@ -189,6 +189,71 @@ pub fn interest(i: &pb::Interest) -> Result<Option<Interest>> {
     Ok((radius > 0.0).then_some(Interest { center, radius }))
 }
 
+/// A validated `ComponentType` declared in a `Hello`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ComponentType {
+    pub type_name: Arc<str>,
+    pub schema_version: u32,
+    /// Bytes of `data` one component may hold (0 on the wire: the components bound).
+    pub max_bytes: usize,
+}
+
+/// What the registry checks of one component of a typed write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ComponentUse {
+    pub type_name: Arc<str>,
+    pub schema_version: u32,
+    pub data_len: usize,
+}
+
+/// The component types a `Hello` declares (`None` for any other message).
+/// Checked apart from `server_message`, which keeps one shape per message.
+pub fn declared_components(m: &pb::ServerMessage) -> Result<Option<Vec<ComponentType>>> {
+    let Some(pb::server_message::Msg::Hello(h)) = &m.msg else { return Ok(None) };
+    if h.components.len() > MAX_CUSTOM_COMPONENTS {
+        return Err(WireError::OutOfRange("hello.components"));
+    }
+    let mut out: Vec<ComponentType> = Vec::with_capacity(h.components.len());
+    for c in &h.components {
+        component_type_name(&c.type_name)
+            .map_err(|_| WireError::OutOfRange("hello.components.type_name"))?;
+        if c.schema_version == 0 {
+            return Err(WireError::Missing("hello.components.schema_version"));
+        }
+        let max = c.max_bytes as usize;
+        if max > MAX_COMPONENT_BYTES {
+            return Err(WireError::TooLong {
+                field: "hello.components.max_bytes",
+                len: max,
+                max: MAX_COMPONENT_BYTES,
+            });
+        }
+        if out.iter().any(|o| *o.type_name == *c.type_name) {
+            return Err(WireError::Unexpected("hello.components: a type name twice"));
+        }
+        out.push(ComponentType {
+            type_name: Arc::from(c.type_name.as_str()),
+            schema_version: c.schema_version,
+            max_bytes: if max == 0 { MAX_COMPONENT_BYTES } else { max },
+        });
+    }
+    Ok(Some(out))
+}
+
+/// The typed components of a write (`EntityWrite.custom`; empty for any other
+/// message and for an untyped write). Read before `server_message` consumes it.
+pub fn written_components(m: &pb::ServerMessage) -> Vec<ComponentUse> {
+    let Some(pb::server_message::Msg::Write(w)) = &m.msg else { return Vec::new() };
+    w.custom
+        .iter()
+        .map(|c| ComponentUse {
+            type_name: Arc::from(c.type_name.as_str()),
+            schema_version: c.schema_version,
+            data_len: c.data.len(),
+        })
+        .collect()
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum ServerCommand {
     Hello(ServerName),
@@ -463,12 +528,55 @@ mod tests {
         assert!(st.message().contains(&want), "{}", st.message());
         let hello = |v| pb::ServerMessage {
             msg: Some(pb::server_message::Msg::Hello(pb::Hello {
+                components: vec![],
                 server_name: "s".into(),
                 protocol_version: v,
             })),
         };
         assert!(matches!(server_message(hello(1)), Ok(ServerCommand::Hello(_))));
         assert!(matches!(server_message(hello(99)), Err(WireError::Version { server: 99, .. })));
+    }
+
+    #[test]
+    fn hello_component_declarations_are_validated_whole() {
+        let ty = |n: &str, v, max| pb::ComponentType {
+            type_name: n.into(),
+            schema_version: v,
+            max_bytes: max,
+        };
+        let hello = |components| pb::ServerMessage {
+            msg: Some(pb::server_message::Msg::Hello(pb::Hello {
+                server_name: "s".into(),
+                protocol_version: 1,
+                components,
+            })),
+        };
+        let ok = declared_components(&hello(vec![ty("acme.cargo", 2, 0), ty("acme.crew", 1, 8)]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(ok[0].max_bytes, MAX_COMPONENT_BYTES, "0 means the components bound");
+        assert_eq!((ok[1].schema_version, ok[1].max_bytes), (1, 8));
+        for (bad, want) in [
+            (vec![ty("Acme", 1, 0)], WireError::OutOfRange("hello.components.type_name")),
+            (vec![ty("acme", 0, 0)], WireError::Missing("hello.components.schema_version")),
+            (
+                vec![ty("acme", 1, 1 << 20)],
+                WireError::TooLong {
+                    field: "hello.components.max_bytes",
+                    len: 1 << 20,
+                    max: MAX_COMPONENT_BYTES,
+                },
+            ),
+            (
+                vec![ty("acme", 1, 0), ty("acme", 2, 0)],
+                WireError::Unexpected("hello.components: a type name twice"),
+            ),
+        ] {
+            assert_eq!(declared_components(&hello(bad)), Err(want));
+        }
+        let write = pb::ServerMessage { msg: Some(pb::server_message::Msg::Write(good_write())) };
+        assert_eq!(declared_components(&write), Ok(None), "only a Hello declares");
+        assert!(written_components(&write).is_empty(), "an untyped write uses no type");
     }
 
     #[test]

@@ -81,6 +81,7 @@ impl ServerClient {
         tx.send(msg(server_message::Msg::Hello(pb::Hello {
             server_name: name.into(),
             protocol_version: 1,
+            components: vec![],
         })))
         .await
         .unwrap();

@@ -1,0 +1,195 @@
+//! Shard placement over loopback, with two real shards (each a replicant on the test
+//! world, its four game servers and a gateway) told about each other as the operator's
+//! mesh map tells them in a cluster (`Hub::set_shards`). Real bots join the gateway of
+//! shard 0:
+//! - new players are redirected to the least-loaded shard (1), follow the redirect and
+//!   play there; their ships exist in shard 1 only;
+//! - the same players joining shard 0 again land in shard 1 again, even while shard 1 is
+//!   draining (the ship decides, never the load: no second ship);
+//! - new players joining the draining shard's gateway are sent to shard 0.
+//!
+//! Every run: no ship lost or duplicated, and each ship in exactly one shard (asked of
+//! both replicants' Admin `Lookup`).
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use starmesh_node::bots::{self, BotsConfig, GateOptions, Stop};
+use starmesh_node::gateway::{self, GatewayConfig, placement, placement::World};
+use starmesh_node::mesh_map::ShardLoad;
+use starmesh_node::server::{self, ServerConfig, game::ExampleGame, metrics::Metrics};
+use starmesh_node::store::embedded::EmbeddedStore;
+use starmesh_node::wire::pb;
+
+struct Shard {
+    _dir: tempfile::TempDir,
+    replicant: starmesh_node::replicant::Running,
+    servers: Vec<tokio::task::JoinHandle<()>>,
+    gateway: gateway::Running,
+}
+
+async fn shard() -> Shard {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = Arc::new(EmbeddedStore::open(dir.path()).expect("store"));
+    let replicant = start(&sol(), fast_config(), store).await;
+    let servers = ["s-earth", "s-moon", "s-station", "s-deep"]
+        .iter()
+        .map(|name| {
+            let cfg = ServerConfig {
+                replicant: replicant.grpc_addr.to_string(),
+                name: name.to_string(),
+                tick_hz: 50,
+            };
+            let m = Arc::new(Metrics::new(cfg.period().as_secs_f64()));
+            tokio::spawn(server::run(cfg, ExampleGame, m))
+        })
+        .collect();
+    let cfg = GatewayConfig {
+        replicant: replicant.grpc_addr.to_string(),
+        input_rate: 20.0,
+        input_burst: 40.0,
+        bubble_radius: 2000.0,
+    };
+    let world = World::load(&[sol_path()]).expect("world");
+    let lo = "127.0.0.1:0".parse().expect("addr");
+    let gateway = gateway::serve_with_links(cfg, world, lo, lo, 2).await.expect("gateway");
+    let t = Instant::now();
+    while !gateway.hub.connected() {
+        assert!(t.elapsed() < Duration::from_secs(10), "gateway never connected");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Shard { _dir: dir, replicant, servers, gateway }
+}
+
+impl Shard {
+    fn load(&self, index: i32, players: Option<u64>, draining: bool) -> ShardLoad {
+        ShardLoad {
+            index,
+            gateway: self.gateway.grpc_addr,
+            replicant: self.replicant.grpc_addr,
+            draining,
+            players,
+        }
+    }
+
+    async fn holds(&self, ship: u64) -> bool {
+        let mut a =
+            pb::admin_client::AdminClient::connect(format!("http://{}", self.replicant.grpc_addr))
+                .await
+                .expect("admin");
+        a.lookup(pb::LookupRequest { id: ship }).await.expect("lookup").into_inner().present
+    }
+
+    async fn stop(self) {
+        for s in self.servers {
+            s.abort();
+        }
+        self.replicant.shutdown().await;
+    }
+}
+
+/// Both gateways learn the same map (as each reads the operator's ConfigMap).
+fn tell(shards: &[&Shard], loads: &[ShardLoad]) {
+    for (i, s) in shards.iter().enumerate() {
+        s.gateway.hub.set_shards(i32::try_from(i).expect("index"), loads.to_vec());
+    }
+}
+
+async fn bots_at(gateway: std::net::SocketAddr, n: usize, prefix: &str) -> bots::Report {
+    let cfg = BotsConfig {
+        gateway: gateway.to_string(),
+        n,
+        duration: Duration::from_secs(4),
+        prefix: prefix.to_string(),
+        speed: 50.0,
+        probe_interval: Duration::from_millis(250),
+        token_key: None,
+    };
+    let r = bots::run_with(cfg, GateOptions::default(), Stop::never()).await.expect("bots ran");
+    assert!(r.ok(), "bots {prefix}: {:?}\n{}", r.violations, r.table());
+    assert_eq!(r.connected, n, "{}", r.table());
+    assert_eq!((r.entities_lost, r.entities_duplicated), (0, 0), "{}", r.table());
+    r
+}
+
+fn ship(name: &str) -> u64 {
+    placement::ship_of(placement::player_id(name))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn new_players_go_to_the_least_loaded_shard_and_return_to_their_ship() {
+    let (a, b) = (shard().await, shard().await);
+    const N: usize = 6;
+
+    // Shard 0 busy, shard 1 empty: new players joining shard 0 go to shard 1.
+    tell(&[&a, &b], &[a.load(0, Some(50), false), b.load(1, Some(0), false)]);
+    let r = bots_at(a.gateway.grpc_addr, N, "fresh").await;
+    assert_eq!(r.redirects, N as u64, "every new player redirected once: {}", r.table());
+    assert_eq!(a.gateway.hub.metrics.joins.get(), 0, "shard 0 took nobody");
+    assert_eq!(b.gateway.hub.metrics.joins.get(), N as u64);
+    for i in 0..N {
+        let s = ship(&format!("fresh-{i}"));
+        assert!(b.holds(s).await, "fresh-{i}'s ship is in shard 1");
+        assert!(!a.holds(s).await, "fresh-{i}'s ship is not in shard 0");
+    }
+
+    // Shard 1 now draining (and "full"): the same players still land where their ship is.
+    tell(&[&a, &b], &[a.load(0, Some(0), false), b.load(1, Some(N as u64), true)]);
+    let r = bots_at(a.gateway.grpc_addr, N, "fresh").await;
+    assert_eq!(r.redirects, N as u64, "back to their ships in shard 1: {}", r.table());
+    assert_eq!(a.gateway.hub.metrics.joins.get(), 0, "no second ship in shard 0");
+    for i in 0..N {
+        let s = ship(&format!("fresh-{i}"));
+        assert!(b.holds(s).await && !a.holds(s).await, "fresh-{i} in exactly one shard");
+    }
+
+    // New players at the draining shard's gateway go to shard 0.
+    let r = bots_at(b.gateway.grpc_addr, N, "later").await;
+    assert_eq!(r.redirects, N as u64, "{}", r.table());
+    assert_eq!(a.gateway.hub.metrics.joins.get(), N as u64);
+    for i in 0..N {
+        let s = ship(&format!("later-{i}"));
+        assert!(a.holds(s).await && !b.holds(s).await, "later-{i} in shard 0 only");
+    }
+    a.stop().await;
+    b.stop().await;
+}
+
+/// A shard whose replicant cannot answer makes a join fail (retryable) rather than risk a
+/// second ship: the player may already have one there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unreachable_shard_refuses_the_join_instead_of_guessing() {
+    let a = shard().await;
+    let dead: std::net::SocketAddr = {
+        // A port nothing listens on: bound, then closed.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let gone =
+        ShardLoad { index: 1, gateway: dead, replicant: dead, draining: false, players: Some(0) };
+    a.gateway.hub.set_shards(0, vec![a.load(0, Some(9), false), gone]);
+    let mut c = pb::player_link_client::PlayerLinkClient::connect(format!(
+        "http://{}",
+        a.gateway.grpc_addr
+    ))
+    .await
+    .expect("connect");
+    let e = c
+        .join(pb::JoinRequest { name: "nobody".into(), ..Default::default() })
+        .await
+        .expect_err("refused");
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    assert!(e.message().contains("shard 1"), "{e:?}");
+    // Alone again: it joins here.
+    a.gateway.hub.set_shards(0, vec![a.load(0, Some(9), false)]);
+    let j = c
+        .join(pb::JoinRequest { name: "nobody".into(), ..Default::default() })
+        .await
+        .expect("joined")
+        .into_inner();
+    assert!(j.redirect.is_empty() && !j.token.is_empty(), "{j:?}");
+    a.stop().await;
+}
