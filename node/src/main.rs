@@ -206,6 +206,17 @@ async fn run_replicant(a: ReplicantArgs) -> anyhow::Result<()> {
     };
     let running = replicant::start(&mesh, cfg, store, a.listen, a.metrics_listen).await?;
     if let Some((path, shard, initial)) = from_map {
+        // Every shard of the layout: a draining shard moves its players' ships away.
+        let loads = MeshMap::load(&path).map(|m| m.shard_loads()).unwrap_or_default();
+        running.shared.gates.set_shards(shard, loads.clone());
+        let shared = running.shared.clone();
+        mesh_map::follow(
+            path.clone(),
+            mesh_map::FOLLOW_INTERVAL,
+            loads,
+            |m| Ok(m.shard_loads()),
+            move |s: &Vec<mesh_map::ShardLoad>| shared.gates.set_shards(shard, s.clone()),
+        );
         let (shared, explicit) = (running.shared.clone(), a.gate_peers.clone());
         mesh_map::follow(
             path,

@@ -6,7 +6,10 @@
 //!   play there; their ships exist in shard 1 only;
 //! - the same players joining shard 0 again land in shard 1 again, even while shard 1 is
 //!   draining (the ship decides, never the load: no second ship);
-//! - new players joining the draining shard's gateway are sent to shard 0.
+//! - new players joining the draining shard's gateway are sent to shard 0;
+//! - players playing in a shard that starts draining are moved to the other shard while
+//!   they play (their ships transferred by the replicants, the bots told `Transferred`
+//!   by their gateway and following it), without a forced disconnect.
 //!
 //! Every run: no ship lost or duplicated, and each ship in exactly one shard (asked of
 //! both replicants' Admin `Lookup`).
@@ -20,6 +23,7 @@ use common::*;
 use starmesh_node::bots::{self, BotsConfig, GateOptions, Stop};
 use starmesh_node::gateway::{self, GatewayConfig, placement, placement::World};
 use starmesh_node::mesh_map::ShardLoad;
+use starmesh_node::replicant::shard_move;
 use starmesh_node::server::{self, ServerConfig, game::ExampleGame, metrics::Metrics};
 use starmesh_node::store::embedded::EmbeddedStore;
 use starmesh_node::wire::pb;
@@ -91,18 +95,30 @@ impl Shard {
     }
 }
 
-/// Both gateways learn the same map (as each reads the operator's ConfigMap).
+/// Both gateways and both replicants learn the same map (as each reads the operator's
+/// ConfigMap).
 fn tell(shards: &[&Shard], loads: &[ShardLoad]) {
     for (i, s) in shards.iter().enumerate() {
-        s.gateway.hub.set_shards(i32::try_from(i).expect("index"), loads.to_vec());
+        let own = i32::try_from(i).expect("index");
+        s.gateway.hub.set_shards(own, loads.to_vec());
+        s.replicant.shared.gates.set_shards(own, loads.to_vec());
     }
 }
 
 async fn bots_at(gateway: std::net::SocketAddr, n: usize, prefix: &str) -> bots::Report {
+    bots_for(gateway, n, prefix, Duration::from_secs(4)).await
+}
+
+async fn bots_for(
+    gateway: std::net::SocketAddr,
+    n: usize,
+    prefix: &str,
+    duration: Duration,
+) -> bots::Report {
     let cfg = BotsConfig {
         gateway: gateway.to_string(),
         n,
-        duration: Duration::from_secs(4),
+        duration,
         prefix: prefix.to_string(),
         speed: 50.0,
         probe_interval: Duration::from_millis(250),
@@ -192,4 +208,81 @@ async fn an_unreachable_shard_refuses_the_join_instead_of_guessing() {
         .into_inner();
     assert!(j.redirect.is_empty() && !j.token.is_empty(), "{j:?}");
     a.stop().await;
+}
+
+/// Player ships in a replicant's world now.
+fn players_in(s: &Shard) -> usize {
+    let core = s.replicant.shared.lock();
+    core.world.entities().filter(|e| shard_move::is_player_ship(e.id)).count()
+}
+
+/// Shard 1 drains while its players play: its replicant moves their ships to shard 0
+/// (position unchanged), their gateway tells them to continue at shard 0's gateway, and
+/// the bots follow. Every ship ends in shard 0 exactly once, shard 1 holds no player, and
+/// the bots see nothing lost or duplicated and no forced disconnect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn players_of_a_draining_shard_are_moved_to_another_shard_while_playing() {
+    let (a, b) = (shard().await, shard().await);
+    const N: usize = 12;
+    // Shard 0 busy, shard 1 empty: every player goes to shard 1.
+    tell(&[&a, &b], &[a.load(0, Some(50), false), b.load(1, Some(0), false)]);
+    let gw = a.gateway.grpc_addr;
+    let bots =
+        tokio::spawn(async move { bots_for(gw, N, "drained", Duration::from_secs(12)).await });
+    let t = Instant::now();
+    while players_in(&b) < N {
+        assert!(t.elapsed() < Duration::from_secs(8), "only {} ships in shard 1", players_in(&b));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before: Vec<_> = (0..N)
+        .map(|i| {
+            let id = ship(&format!("drained-{i}"));
+            let core = b.replicant.shared.lock();
+            let e = core.world.entity(id).expect("ship in shard 1");
+            (id, e.position)
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // Shard 1 drains: its ships move to shard 0 while the bots keep playing.
+    tell(&[&a, &b], &[a.load(0, Some(0), false), b.load(1, Some(N as u64), true)]);
+    let drain = Instant::now();
+    while players_in(&b) > 0 {
+        assert!(
+            drain.elapsed() < Duration::from_secs(8),
+            "{} ships left in shard 1",
+            players_in(&b)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let emptied = drain.elapsed();
+    let r = bots.await.expect("bots task");
+    eprintln!("shard 1 emptied {emptied:?} after the drain began\n{}", r.table());
+    assert_eq!(r.redirects, N as u64, "one redirect to shard 1 at join: {}", r.table());
+    assert_eq!(r.gate_transfers, N as u64, "every bot followed its ship: {}", r.table());
+    assert_eq!(r.reconnects, 0, "no forced disconnect: {}", r.table());
+    assert_eq!(b.gateway.hub.metrics.shard_moves.get(), N as u64);
+    assert_eq!(a.gateway.hub.metrics.joins.get(), N as u64, "each player joined shard 0 once");
+    for (id, at) in before {
+        assert!(a.holds(id).await, "ship {id} is in shard 0");
+        assert!(!b.holds(id).await, "ship {id} is not in shard 1");
+        let mut admin =
+            pb::admin_client::AdminClient::connect(format!("http://{}", b.replicant.grpc_addr))
+                .await
+                .expect("admin");
+        let l = admin.lookup(pb::LookupRequest { id }).await.expect("lookup").into_inner();
+        assert!(l.departed && !l.in_transit, "shard 1 keeps a tombstone for {id}: {l:?}");
+        // Not teleported: the ship moved on from where it was in shard 1, by its own
+        // flight only (speed 50 km/s over at most ~12 s).
+        let now = a.replicant.shared.lock().world.entity(id).expect("in shard 0").position;
+        assert!(now.dist(at) < 50.0 * 15.0, "ship {id} jumped from {at:?} to {now:?}");
+    }
+    assert_eq!(players_in(&b), 0);
+    assert_eq!(players_in(&a), N);
+    // Players joining later at either gateway go to their ship in shard 0.
+    let r = bots_at(b.gateway.grpc_addr, N, "drained").await;
+    assert_eq!(r.redirects, N as u64, "{}", r.table());
+    assert_eq!(players_in(&b), 0, "no second ship in the drained shard");
+    a.stop().await;
+    b.stop().await;
 }

@@ -20,11 +20,10 @@ pub mod server_layout;
 pub mod star_system;
 pub mod status;
 pub mod telemetry;
-/// Mesh mTLS, shared with the node (one implementation for both ends of the Admin link).
-#[path = "../../node/src/tls.rs"]
-#[allow(dead_code)]
-pub mod tls;
 pub mod watch_check;
+
+/// Mesh mTLS: the same crate as the node's end of the Admin link.
+pub use starmesh_tls as tls;
 
 use std::sync::Arc;
 

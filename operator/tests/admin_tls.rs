@@ -7,10 +7,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
 use starmesh_operator::{admin, tls};
 
 fn root() -> PathBuf {
@@ -36,21 +32,7 @@ fn node_binary() -> PathBuf {
 
 /// A CA and one mesh certificate in `dir` (tls.crt, tls.key, ca.crt).
 fn mint(dir: &Path) {
-    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("ca params");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
-    let ca_key = KeyPair::generate().expect("ca key");
-    let ca_cert = ca.self_signed(&ca_key).expect("ca cert");
-    let issuer = Issuer::new(ca, ca_key);
-    let mut leaf = CertificateParams::new(vec![tls::MESH_SERVER_NAME.to_string()]).expect("leaf");
-    leaf.extended_key_usages =
-        vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
-    let key = KeyPair::generate().expect("leaf key");
-    let cert = leaf.signed_by(&key, &issuer).expect("leaf cert");
-    std::fs::create_dir_all(dir).expect("tls dir");
-    std::fs::write(dir.join(tls::CERT_FILE), cert.pem()).expect("write");
-    std::fs::write(dir.join(tls::KEY_FILE), key.serialize_pem()).expect("write");
-    std::fs::write(dir.join(tls::CA_FILE), ca_cert.pem()).expect("write");
+    tls::dev::mint_dir(dir).expect("mint a throwaway mesh CA and certificate");
 }
 
 struct Killed(Child);

@@ -95,6 +95,7 @@ pub struct Metrics {
     pub bad_messages: IntCounter,
     pub spawn_requests: IntCounter,
     pub gate_transfers: IntCounter,
+    pub shard_moves: IntCounter,
     pub auth_refused: IntCounter,
     pub redirects: IntCounter,
 }
@@ -150,6 +151,10 @@ impl Metrics {
             gate_transfers: c(
                 "starmesh_gateway_gate_transfers_total",
                 "Players told their ship left through a jump gate (Transferred)",
+            ),
+            shard_moves: c(
+                "starmesh_gateway_shard_moves_total",
+                "Players told their ship moved to another shard of the layout, theirs draining (Transferred)",
             ),
             auth_refused: c(
                 "starmesh_gateway_auth_refused_total",
@@ -352,6 +357,7 @@ impl Hub {
         // Our own shard first: the common case (a returning player) needs one lookup.
         let mut order: Vec<&crate::mesh_map::ShardLoad> = shards.iter().collect();
         order.sort_by_key(|s| (s.index != own, s.index));
+        let mut departed: Option<&crate::mesh_map::ShardLoad> = None;
         if order.first().is_none_or(|s| s.index != own) {
             // We are not in the map (yet): play here, as before shards were placed.
             return Ok(None);
@@ -371,9 +377,17 @@ impl Hub {
                 ))
             })?;
             let r = r.into_inner();
-            if r.present || r.in_transit || r.departed {
+            if r.present || r.in_transit {
                 return Ok((s.index != own).then(|| (*s).clone()));
             }
+            // Departed from a shard: moved to another shard (a drain), or through a
+            // gate. A shard that holds it wins; else its tombstone's shard.
+            if r.departed && departed.is_none() {
+                departed = Some(*s);
+            }
+        }
+        if let Some(s) = departed {
+            return Ok((s.index != own).then(|| s.clone()));
         }
         if redirected {
             return Ok(None);
@@ -501,8 +515,7 @@ impl Hub {
     /// The player's ship departed through a jump gate (the replicant says so):
     /// tell its stream where it went, once per stream.
     fn transferred(&self, s: &Slot) {
-        let generation = s.stream.load(Ordering::SeqCst);
-        if s.announced.swap(generation, Ordering::SeqCst) == generation {
+        if self.announced(s) {
             return;
         }
         let last = *s.last_pos.lock().unwrap_or_else(|p| p.into_inner());
@@ -524,6 +537,44 @@ impl Hub {
         };
         tracing::info!(player = s.player, entity = s.entity, system = %msg.system, gateway = %msg.gateway, "ship left through a jump gate; player transferred");
         self.metrics.gate_transfers.inc();
+        *s.transfer.lock().unwrap_or_else(|p| p.into_inner()) = Some(msg);
+        s.wake.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// True when this stream was already told where the ship went (marks it told).
+    fn announced(&self, s: &Slot) -> bool {
+        let generation = s.stream.load(Ordering::SeqCst);
+        s.announced.swap(generation, Ordering::SeqCst) == generation
+    }
+
+    /// The other shard of this layout that holds `ship` now (present, or arriving in
+    /// transit), if any: a ship that departed from a draining shard was moved there.
+    async fn shard_holding(&self, ship: EntityId) -> Option<crate::mesh_map::ShardLoad> {
+        let (own, shards) = self.shards.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for s in shards.iter().filter(|s| s.index != own) {
+            let mut admin = self.admin(s.replicant)?;
+            match admin.lookup(pb::LookupRequest { id: ship }).await {
+                Ok(r) if r.get_ref().present => return Some(s.clone()),
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// The player's ship was moved to shard `to` (its shard drains): tell its stream to
+    /// continue at that shard's gateway, once per stream (as after a jump, same system).
+    fn moved(&self, s: &Slot, to: &crate::mesh_map::ShardLoad) {
+        if self.announced(s) {
+            return;
+        }
+        let msg = pb::Transferred {
+            system: self.world.system.name.clone(),
+            gateway: to.gateway.to_string(),
+            gate: String::new(),
+            entity_id: s.entity,
+        };
+        tracing::info!(player = s.player, entity = s.entity, shard = to.index, gateway = %msg.gateway, "ship moved to another shard (this one drains); player transferred");
+        self.metrics.shard_moves.inc();
         *s.transfer.lock().unwrap_or_else(|p| p.into_inner()) = Some(msg);
         s.wake.send_modify(|n| *n = n.wrapping_add(1));
     }
@@ -637,10 +688,13 @@ async fn link_session(hub: &Arc<Hub>, i: usize) -> anyhow::Result<()> {
 /// re-created here; one in transit is waited for.
 async fn spawn_retry(hub: Arc<Hub>) {
     let mut t = tokio::time::interval(SPAWN_RETRY);
-    let mut admin =
-        if hub.world.system.gates.is_empty() { None } else { admin_client(&hub.cfg.replicant) };
+    let gates = !hub.world.system.gates.is_empty();
+    let mut client = admin_client(&hub.cfg.replicant);
     loop {
         t.tick().await;
+        // Ships also leave for another shard of the layout when theirs drains.
+        let sharded = hub.shards.lock().unwrap_or_else(|p| p.into_inner()).1.len() > 1;
+        let mut admin = if gates || sharded { client.as_mut() } else { None };
         let waiting: Vec<Arc<Slot>> = hub
             .players()
             .values()
@@ -656,7 +710,12 @@ async fn spawn_retry(hub: Arc<Hub>) {
                 let r = a.lookup(pb::LookupRequest { id: s.entity }).await.map(|r| r.into_inner());
                 match r {
                     Ok(r) if r.departed => {
-                        hub.transferred(&s);
+                        match hub.shard_holding(s.entity).await {
+                            Some(to) => hub.moved(&s, &to),
+                            None if gates => hub.transferred(&s),
+                            // Departed, but no shard says it holds it yet: ask again.
+                            None => {}
+                        }
                         continue;
                     }
                     // Leaving: not here, not there yet. Never re-create it meanwhile.

@@ -60,6 +60,7 @@ use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
+use crate::mesh_map::ShardLoad;
 use crate::model::{Entity, EntityId, ServerName, Vec3};
 use crate::resources::MeshGate;
 use crate::store::{Arrived, Outbound, OutboundPhase};
@@ -100,6 +101,11 @@ pub struct Gates {
     /// System → (address, client). Replaced while running ([`Gates::set_peers`]: the
     /// mesh map in a cluster); never held across an await or while taking the core lock.
     peers: RwLock<HashMap<String, (String, GateClient)>>,
+    /// This shard's index and every shard of the layout (the mesh map), for shard moves
+    /// out of a draining shard ([`super::shard_move`]).
+    shards: RwLock<(i32, Vec<ShardLoad>)>,
+    /// Replicant address of a shard → its client (kept while the address is unchanged).
+    shard_clients: RwLock<HashMap<std::net::SocketAddr, GateClient>>,
 }
 
 fn gate_client(system: &str, addr: &str) -> anyhow::Result<GateClient> {
@@ -121,7 +127,12 @@ impl Gates {
     /// lazy: a peer that is down now is retried by the transfers that need it.
     pub fn new(gates: &[MeshGate], peers: &[(String, String)]) -> anyhow::Result<Self> {
         let by_name = gates.iter().map(|g| (g.name.clone(), g.clone())).collect();
-        let g = Self { by_name, peers: RwLock::new(HashMap::new()) };
+        let g = Self {
+            by_name,
+            peers: RwLock::new(HashMap::new()),
+            shards: RwLock::new((0, Vec::new())),
+            shard_clients: RwLock::new(HashMap::new()),
+        };
         g.set_peers(peers)?;
         Ok(g)
     }
@@ -158,6 +169,47 @@ impl Gates {
         }
         *self.peers.write().unwrap_or_else(|p| p.into_inner()) = next;
         Ok(())
+    }
+
+    /// This replicant is shard `own` of a layout whose shards are `shards` (the mesh map,
+    /// re-read while running). When its own entry is draining, its players' ships move.
+    pub fn set_shards(&self, own: i32, shards: Vec<ShardLoad>) {
+        let mut cur = self.shards.write().unwrap_or_else(|p| p.into_inner());
+        let was = super::shard_move::target(cur.0, &cur.1).map(|s| s.index);
+        let now = super::shard_move::target(own, &shards).map(|s| s.index);
+        if was != now {
+            match now {
+                Some(to) => tracing::info!(
+                    shard = own,
+                    to,
+                    "shard draining: moving its players' ships to shard {to}"
+                ),
+                None => {
+                    tracing::info!(shard = own, "no shard move (not draining, or no open shard)")
+                }
+            }
+        }
+        *cur = (own, shards);
+    }
+
+    /// The shard this one's ships move to now (`None`: not draining).
+    pub fn drain_target(&self) -> Option<i32> {
+        let cur = self.shards.read().unwrap_or_else(|p| p.into_inner());
+        super::shard_move::target(cur.0, &cur.1).map(|s| s.index)
+    }
+
+    /// The replicant of shard `index` of this layout, if the map lists it.
+    fn shard_peer(&self, index: i32) -> Option<GateClient> {
+        let addr = {
+            let cur = self.shards.read().unwrap_or_else(|p| p.into_inner());
+            cur.1.iter().find(|s| s.index == index)?.replicant
+        };
+        if let Some(c) = self.shard_clients.read().unwrap_or_else(|p| p.into_inner()).get(&addr) {
+            return Some(c.clone());
+        }
+        let c = gate_client(&format!("shard {index}"), &addr.to_string()).ok()?;
+        self.shard_clients.write().unwrap_or_else(|p| p.into_inner()).insert(addr, c.clone());
+        Some(c)
     }
 
     fn has_peer(&self, system: &str) -> bool {
@@ -337,7 +389,12 @@ pub async fn run_outbound(shared: Arc<Shared>, t: Outbound, durable: bool) {
             tracing::info!(%tid, "gate transfer overtaken (the ship came back); stopping");
             return;
         }
-        let Some(mut client) = shared.gates.peer(&t.target_system) else {
+        let to_shard = super::shard_move::shard_of_gate(&t.target_gate);
+        let peer = match to_shard {
+            Some(i) => shared.gates.shard_peer(i),
+            None => shared.gates.peer(&t.target_system),
+        };
+        let Some(mut client) = peer else {
             // The flag was dropped across a restart: keep the record, keep asking.
             tracing::error!(%tid, system = %t.target_system, "no --gate-peer for the target system; ship held in transit");
             if !pause(&shared, &mut backoff).await {
@@ -483,10 +540,14 @@ async fn arrive(
 ) -> Result<Response<pb::ArriveResponse>, Status> {
     let m = &shared.metrics;
     let id = a.entity.id;
-    let Some(gate) = shared.gates.by_name.get(&a.target_gate) else {
+    // A shard move (same system, another shard draining) keeps the ship where it was.
+    let shard_move = super::shard_move::shard_of_gate(&a.target_gate).is_some()
+        && *a.source_system == *shared.system;
+    let gate = shared.gates.by_name.get(&a.target_gate);
+    if gate.is_none() && !shard_move {
         m.gate_transfers.with_label_values(&["refused"]).inc();
         return Ok(answer(pb::ArriveResult::Refused, "unknown gate in this system", false));
-    };
+    }
     {
         let mut core = shared.lock();
         if !core.gates.arriving.insert(id) {
@@ -514,11 +575,14 @@ async fn arrive(
             tracing::warn!(id, transfer_id = %a.transfer_id, "gate arrival refused: entity id in use here");
             return Ok(answer(pb::ArriveResult::Refused, "entity id in use in this system", false));
         }
-        let position = exit_point(gate.position);
+        let (position, velocity, location) = match gate {
+            Some(g) if !shard_move => (exit_point(g.position), Vec3::default(), g.name.clone()),
+            _ => (a.entity.position, a.entity.velocity, a.entity.location.clone()),
+        };
         Entity {
             position,
-            velocity: Vec3::default(),
-            location: gate.name.clone(),
+            velocity,
+            location,
             // The jump is a change: the version line continues from the source's.
             version: a.entity.version + 1,
             territory: core.world.map.locate(position),
@@ -538,11 +602,17 @@ async fn arrive(
     // It is here now: any tombstone (or a transfer it overtook) is void.
     core.gates.outbound.remove(&id);
     core.world.load(e);
-    let from = gate_label(&a.source_system, &a.source_gate);
+    // A shard move is an ordinary handoff to the server (`shard:<from>`), not a gate
+    // arrival: the game keeps the ship's route.
+    let from = if shard_move {
+        a.source_gate.to_string()
+    } else {
+        gate_label(&a.source_system, &a.source_gate)
+    };
     hand_to_owner(&mut core, id, &from, m);
     m.gate_transfers.with_label_values(&["arrived"]).inc();
     m.gate_in_transit.set(core.gates.in_transit() as i64);
-    tracing::info!(id, transfer_id = %a.transfer_id, gate = %gate.name, "ship arrived through a gate");
+    tracing::info!(id, transfer_id = %a.transfer_id, gate = %a.target_gate, shard_move, "ship arrived through a gate");
     Ok(answer(pb::ArriveResult::Accepted, "", false))
 }
 

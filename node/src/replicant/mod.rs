@@ -16,6 +16,7 @@ pub mod partition;
 pub mod persistence;
 pub mod rejections;
 pub mod service;
+pub mod shard_move;
 pub mod spatial_index;
 pub mod state;
 pub mod tick;
@@ -500,6 +501,10 @@ async fn recover_then_serve(
         tokio::spawn(service::serve_grpc(shared.clone(), grpc)),
     ];
     tasks.lock().unwrap_or_else(|p| p.into_inner()).extend(spawned);
+    tasks
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(tokio::spawn(shard_move::run(shared.clone())));
     let resumed = gate::resume(&shared);
     tasks.lock().unwrap_or_else(|p| p.into_inner()).extend(resumed);
     shared.loaded.send_replace(true);

@@ -8,7 +8,7 @@ use rcgen::{
     KeyUsagePurpose,
 };
 
-use crate::tls::{CA_FILE, CERT_FILE, KEY_FILE, MESH_SERVER_NAME};
+use crate::{CA_FILE, CERT_FILE, KEY_FILE, MESH_SERVER_NAME};
 
 /// A mesh CA: its certificate (PEM) and what signs with it.
 pub struct Ca {
@@ -82,7 +82,7 @@ pub fn mint_dir(dir: &Path) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tls::{Material, build};
+    use crate::{Material, build};
 
     fn material(leaf: &Leaf, ca: &str) -> Material {
         Material {
@@ -114,7 +114,7 @@ mod tests {
         let ca = Ca::new("test CA").expect("ca");
         let (a, b) = (ca.issue("a").expect("a"), ca.issue("b").expect("b"));
         write_dir(dir.path(), &a, &ca.cert_pem).expect("write");
-        let tls = crate::tls::MeshTls::load(dir.path()).expect("load");
+        let tls = crate::MeshTls::load(dir.path()).expect("load");
         assert_eq!(tls.reload(), Ok(false), "unchanged");
         // Half-written: b's certificate with a's key. Refused, a kept.
         std::fs::write(dir.path().join(CERT_FILE), &b.cert_pem).expect("write");
@@ -124,7 +124,7 @@ mod tests {
         assert_eq!(tls.reload(), Ok(true));
         assert_eq!(tls.reloads(), 1);
         let missing = tempfile::tempdir().expect("tempdir");
-        let e = crate::tls::MeshTls::load(missing.path()).expect_err("no files");
+        let e = crate::MeshTls::load(missing.path()).expect_err("no files");
         assert!(e.contains(CERT_FILE), "{e}");
     }
 

@@ -13,8 +13,9 @@
 //! already open keep their session: TLS keys are per connection, so nothing is interrupted.
 //! A half-written or mismatched set is ignored (logged) and the previous one kept.
 //!
-//! Also compiled into the operator (`#[path]`), so only rustls, tokio-rustls, hyper-util and
-//! tonic are used here.
+//! Its own crate because both ends of the Admin link use it: the node and the operator.
+
+pub mod dev;
 
 use std::io;
 use std::path::{Path, PathBuf};
