@@ -431,7 +431,13 @@ impl World {
                 id,
                 Meta { last_write_tick: None, last_needed_tick: self.tick, writer: None },
             );
-            self.entities.insert(id, Entity { territory: ev.territory, ..e });
+            // The version line continues from what players last saw: a recovered entity's
+            // version was raised to this incarnation's floor (see `recovered_version`) while the
+            // store may still hold the older one.
+            let version = e.version.max(ev.version);
+            let components_version = e.components_version.max(ev.components_version);
+            self.entities
+                .insert(id, Entity { territory: ev.territory, version, components_version, ..e });
             back.push(id);
         }
         back
