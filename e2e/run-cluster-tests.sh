@@ -86,6 +86,10 @@ step "boot a full cluster"
 other_cluster() {
   ip netns list 2>/dev/null | grep -q '^starmesh-' || pgrep -x kube-apiserver >/dev/null
 }
+# Two runs of this script must not both see "no cluster" and boot at once: the first to
+# take the lock waits for any other cluster and boots; the lock is held (fd 9) until exit.
+exec 9>/run/lock/starmesh-cluster-tests.lock
+flock -w "$wait_s" 9 || die "another run-cluster-tests.sh still holds the cluster lock after ${wait_s}s"
 if other_cluster; then
   echo "run-cluster-tests.sh: another cluster runs on this machine; waiting up to ${wait_s}s for it to stop" >&2
   deadline=$((SECONDS + wait_s))
