@@ -25,7 +25,10 @@ use std::{
 use serde_json::Value;
 use starmesh_e2e::{poll, repo_root, run};
 use starmesh_operator::builders;
-use support::{get_json, helm, kubectl, kubectl_raw, secs, tool, tools, unique_suffix};
+use support::{
+    apply_text, get_json, helm, kubectl, kubectl_raw, report_from_logs, secs, tool, tools,
+    unique_suffix,
+};
 
 mod support;
 
@@ -48,12 +51,6 @@ const RAMP_SECONDS: u64 = 240;
 const RAMP_AT: &str = "ruin-station";
 const LATE_PLAYERS: usize = 10;
 const LATE_SECONDS: u64 = 40;
-
-fn apply_text(ns: &str, text: &str) {
-    let f = tempfile::Builder::new().suffix(".yaml").tempfile().expect("temp file");
-    std::fs::write(f.path(), text).expect("write manifest");
-    kubectl(&["apply", "-n", ns, "-f", f.path().to_str().expect("utf-8")]);
-}
 
 fn layout_yaml(class: &str) -> String {
     format!(
@@ -78,24 +75,6 @@ spec:
       requests: {{cpu: 50m, memory: 64Mi}}
       limits: {{cpu: "1", memory: 256Mi}}
 "#
-    )
-}
-
-fn pv_yaml(name: &str, class: &str, dir: &Path) -> String {
-    format!(
-        r#"apiVersion: v1
-kind: PersistentVolume
-metadata:
-  name: {name}
-  labels: {{starmesh-e2e: autoscale}}
-spec:
-  capacity: {{storage: 1Gi}}
-  accessModes: [ReadWriteOnce]
-  persistentVolumeReclaimPolicy: Retain
-  storageClassName: {class}
-  hostPath: {{path: "{}", type: Directory}}
-"#,
-        dir.display()
     )
 }
 
@@ -317,21 +296,6 @@ fn sts_replicas(app_ns: &str) -> Result<i64, String> {
     sts["spec"]["replicas"].as_i64().ok_or_else(|| "no replicas".into())
 }
 
-fn report_from_logs(logs: &str) -> Option<Value> {
-    let mut search = 0;
-    while let Some(i) = logs[search..].find('{') {
-        let at = search + i;
-        let mut it = serde_json::Deserializer::from_str(&logs[at..]).into_iter::<Value>();
-        if let Some(Ok(v)) = it.next()
-            && v.get("entities_lost").is_some()
-        {
-            return Some(v);
-        }
-        search = at + 1;
-    }
-    None
-}
-
 #[test]
 fn pyro_splits_adds_a_server_under_load_and_merges_back_when_empty() {
     let t = tools();
@@ -374,7 +338,7 @@ fn pyro_splits_adds_a_server_under_load_and_merges_back_when_empty() {
     std::os::unix::fs::chown(&dir, Some(65532), Some(65532)).expect("chown PV folder");
     cleanup.dirs.push(dir.clone());
     let pv = format!("starmesh-e2e-as-{suffix}");
-    apply_text("default", &pv_yaml(&pv, &class, &dir));
+    apply_text("default", &support::pv_yaml(&pv, &class, &dir, "autoscale"));
     cleanup.pvs.push(pv);
     // The second ramp's shard 1 needs a volume for its replicant too.
     let dir1 = std::env::temp_dir().join(format!("starmesh-e2e-as-pv1-{suffix}"));
@@ -382,7 +346,7 @@ fn pyro_splits_adds_a_server_under_load_and_merges_back_when_empty() {
     std::os::unix::fs::chown(&dir1, Some(65532), Some(65532)).expect("chown PV folder");
     cleanup.dirs.push(dir1.clone());
     let pv1 = format!("starmesh-e2e-as1-{suffix}");
-    apply_text("default", &pv_yaml(&pv1, &class, &dir1));
+    apply_text("default", &support::pv_yaml(&pv1, &class, &dir1, "autoscale"));
     cleanup.pvs.push(pv1);
     kubectl(&["create", "namespace", &app_ns]);
     let pyro = repo_root().join("manifests/examples/pyro.yaml");

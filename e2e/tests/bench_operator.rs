@@ -150,24 +150,6 @@ fn write_temp(dir: &Path, name: &str, text: &str) -> PathBuf {
     p
 }
 
-fn pv_yaml(name: &str, class: &str, dir: &Path) -> String {
-    format!(
-        r#"apiVersion: v1
-kind: PersistentVolume
-metadata:
-  name: {name}
-  labels: {{starmesh-e2e: bench-operator}}
-spec:
-  capacity: {{storage: 1Gi}}
-  accessModes: [ReadWriteOnce]
-  persistentVolumeReclaimPolicy: Retain
-  storageClassName: {class}
-  hostPath: {{path: "{}", type: Directory}}
-"#,
-        dir.display()
-    )
-}
-
 fn diagnose(nss: &[&str]) -> String {
     let mut s = String::new();
     for ns in nss {
@@ -377,7 +359,11 @@ fn twenty_servers_operator_apply_to_ready_beside_plain_objects() {
         std::os::unix::fs::chown(&dir, Some(65532), Some(65532)).expect("chown PV folder");
         cleanup.dirs.push(dir.clone());
         let name = format!("starmesh-bench-{suffix}-{i}");
-        let f = write_temp(work.path(), &format!("pv-{i}.yaml"), &pv_yaml(&name, &class, &dir));
+        let f = write_temp(
+            work.path(),
+            &format!("pv-{i}.yaml"),
+            &support::pv_yaml(&name, &class, &dir, "bench-operator"),
+        );
         kubectl(&["apply", "-f", f.to_str().expect("utf-8")]);
         cleanup.pvs.push(name);
     }

@@ -37,7 +37,10 @@ use std::{
 use serde_json::Value;
 use starmesh_e2e::{poll, repo_root, run};
 use starmesh_operator::builders;
-use support::{get_json, helm, kubectl, kubectl_raw, secs, tool, tools, unique_suffix};
+use support::{
+    apply_text, get_json, helm, kubectl, kubectl_raw, report_from_logs, secs, tool, tools,
+    unique_suffix,
+};
 
 mod support;
 
@@ -65,12 +68,6 @@ fn env(name: &str) -> String {
              e2e/cluster/up.sh (`. WORKDIR/env`); e2e/run-cluster-tests.sh does it"
         )
     })
-}
-
-fn apply_text(ns: &str, text: &str) {
-    let f = tempfile::Builder::new().suffix(".yaml").tempfile().expect("temp file");
-    std::fs::write(f.path(), text).expect("write manifest");
-    kubectl(&["apply", "-n", ns, "-f", f.path().to_str().expect("utf-8")]);
 }
 
 /// One row of the table.
@@ -418,24 +415,6 @@ fn recovered(h: &Harness, app_ns: &str, players: u64) -> Result<ReplicantView, S
     Ok(v)
 }
 
-fn pv_yaml(name: &str, class: &str, dir: &Path) -> String {
-    format!(
-        r#"apiVersion: v1
-kind: PersistentVolume
-metadata:
-  name: {name}
-  labels: {{starmesh-e2e: chaos}}
-spec:
-  capacity: {{storage: 1Gi}}
-  accessModes: [ReadWriteOnce]
-  persistentVolumeReclaimPolicy: Retain
-  storageClassName: {class}
-  hostPath: {{path: "{}", type: Directory}}
-"#,
-        dir.display()
-    )
-}
-
 fn bots_job_yaml(
     name: &str,
     image: &str,
@@ -509,22 +488,6 @@ fn bots_report(ns: &str, job: &str, diag: &dyn Fn() -> String) -> Value {
         .unwrap_or_else(|| panic!("no --json report in the {job} log:\n{logs}\n{}", diag()));
     assert!(ok, "bots Job {job} failed (report {report}):\n{logs}");
     report
-}
-
-/// The first JSON object in the Job's log that is the bots' report.
-fn report_from_logs(logs: &str) -> Option<Value> {
-    let mut search = 0;
-    while let Some(i) = logs[search..].find('{') {
-        let at = search + i;
-        let mut it = serde_json::Deserializer::from_str(&logs[at..]).into_iter::<Value>();
-        if let Some(Ok(v)) = it.next()
-            && v.get("entities_lost").is_some()
-        {
-            return Some(v);
-        }
-        search = at + 1;
-    }
-    None
 }
 
 /// RFC 3339 UTC with microseconds, as the API server writes a Lease's `renewTime`.
@@ -647,7 +610,7 @@ fn faults_one_after_another_under_load_lose_nothing() {
         }
     }
     helm(&args);
-    apply_text("default", &pv_yaml(&cleanup.pv, &class, &volume.dir));
+    apply_text("default", &support::pv_yaml(&cleanup.pv, &class, &volume.dir, "chaos"));
     kubectl(&["create", "namespace", &app_ns]);
     let examples = repo_root().join("manifests/examples");
     kubectl(&[

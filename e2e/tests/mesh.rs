@@ -30,7 +30,10 @@ use std::{
 use serde_json::Value;
 use starmesh_e2e::{poll, repo_root, run};
 use starmesh_operator::builders;
-use support::{get_json, helm, kubectl, kubectl_raw, secs, tool, tools, unique_suffix};
+use support::{
+    apply_text, get_json, helm, kubectl, kubectl_raw, report_from_logs, secs, tool, tools,
+    unique_suffix,
+};
 
 mod support;
 
@@ -50,12 +53,6 @@ const BOT_SPEED: u32 = 1_000_000;
 const GATE_SHARE: &str = "0.3";
 /// PersistentVolumes: Stanton shard 0, Pyro shards 0 and 1.
 const PVS: usize = 3;
-
-fn apply_text(ns: &str, text: &str) {
-    let f = tempfile::Builder::new().suffix(".yaml").tempfile().expect("temp file");
-    std::fs::write(f.path(), text).expect("write manifest");
-    kubectl(&["apply", "-n", ns, "-f", f.path().to_str().expect("utf-8")]);
-}
 
 /// What a failed wait prints: the layouts, the pods, their descriptions and logs, the
 /// operator's logs.
@@ -348,24 +345,6 @@ fn operator_rolled(ns: &str, image: &str, old: &[String]) -> Result<String, Stri
     Ok(holder)
 }
 
-fn pv_yaml(name: &str, class: &str, dir: &Path) -> String {
-    format!(
-        r#"apiVersion: v1
-kind: PersistentVolume
-metadata:
-  name: {name}
-  labels: {{starmesh-e2e: mesh}}
-spec:
-  capacity: {{storage: 1Gi}}
-  accessModes: [ReadWriteOnce]
-  persistentVolumeReclaimPolicy: Retain
-  storageClassName: {class}
-  hostPath: {{path: "{}", type: Directory}}
-"#,
-        dir.display()
-    )
-}
-
 /// The bots Job: the node image, `starmesh bots` against the gateway Service's cluster IP,
 /// a share of them into a jump gate.
 fn bots_job_yaml(name: &str, image: &str, pull: &str, gateway: &str) -> String {
@@ -397,23 +376,6 @@ spec:
             capabilities: {{drop: [ALL]}}
 "#
     )
-}
-
-/// The first JSON object in the Job's log (the `--json` report; tracing goes to stderr,
-/// which the log interleaves).
-fn report_from_logs(logs: &str) -> Option<Value> {
-    let mut search = 0;
-    while let Some(i) = logs[search..].find('{') {
-        let at = search + i;
-        let mut it = serde_json::Deserializer::from_str(&logs[at..]).into_iter::<Value>();
-        if let Some(Ok(v)) = it.next()
-            && v.get("entities_lost").is_some()
-        {
-            return Some(v);
-        }
-        search = at + 1;
-    }
-    None
 }
 
 /// A real Prometheus (Debian's) inside the cluster's network namespace, scraping the pods'
@@ -594,7 +556,7 @@ fn stanton_and_pyro_run_ships_jump_the_operator_upgrades_under_load() {
             std::os::unix::fs::chown(&dir, Some(65532), Some(65532)).expect("chown PV folder");
             cleanup.dirs.push(dir.clone());
             let name = format!("starmesh-e2e-{suffix}-{i}");
-            apply_text("default", &pv_yaml(&name, &class, &dir));
+            apply_text("default", &support::pv_yaml(&name, &class, &dir, "mesh"));
             cleanup.pvs.push(name);
         }
     }

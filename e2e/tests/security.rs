@@ -10,13 +10,13 @@
 
 mod support;
 
-use std::{path::Path, time::Duration};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::Value;
 use starmesh_e2e::{poll, repo_root};
 use starmesh_operator::pod_security::restricted_violations;
-use support::{get_json, helm, kubectl, kubectl_raw, tools, unique_suffix};
+use support::{apply_text, get_json, helm, kubectl, kubectl_raw, tools, unique_suffix};
 
 const RELEASE: &str = "starmesh";
 const OPERATOR: &str = "starmesh-operator";
@@ -71,21 +71,6 @@ fn can(who: &str, verb: &str, resource: &str, ns: &str) -> bool {
         "no" => false,
         other => panic!("kubectl {args:?}: unexpected answer {other:?}: {}", out.stderr),
     }
-}
-
-fn pv_yaml(name: &str, class: &str, dir: &Path) -> String {
-    format!(
-        "apiVersion: v1\nkind: PersistentVolume\nmetadata:\n  name: {name}\n  labels: {{starmesh-e2e: security}}\n\
-         spec:\n  capacity: {{storage: 1Gi}}\n  accessModes: [ReadWriteOnce]\n  persistentVolumeReclaimPolicy: Retain\n\
-         \x20 storageClassName: {class}\n  hostPath: {{path: \"{}\", type: Directory}}\n",
-        dir.display()
-    )
-}
-
-fn apply_text(ns: &str, text: &str) {
-    let f = tempfile::NamedTempFile::new().expect("temp file");
-    std::fs::write(f.path(), text).expect("write yaml");
-    kubectl(&["apply", "-n", ns, "-f", f.path().to_str().expect("utf-8")]);
 }
 
 fn diagnose(app_ns: &str, release_ns: &str) -> String {
@@ -232,7 +217,7 @@ fn least_privilege_restricted_pods_and_no_secret_leaks() {
     // -- a layout whose gateway uses the chart's Secret (one hostPath PV for the replicant).
     std::fs::create_dir_all(&dir).expect("PV folder");
     std::os::unix::fs::chown(&dir, Some(65532), Some(65532)).expect("chown PV folder");
-    apply_text("default", &pv_yaml(&cleanup.pv, &class, &dir));
+    apply_text("default", &support::pv_yaml(&cleanup.pv, &class, &dir, "security"));
     let examples = repo_root().join("manifests/examples");
     kubectl(&[
         "apply",

@@ -15,10 +15,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::Value;
 use starmesh_e2e::{poll, repo_root, run};
 use starmesh_operator::builders;
-use support::{get_json, helm, kubectl, kubectl_raw, secs, tool, tools, unique_suffix};
+use support::{
+    apply_text, get_json, helm, kubectl, kubectl_raw, report_from_logs, secs, tool, tools,
+    unique_suffix,
+};
 
 mod support;
 
@@ -29,12 +31,6 @@ const EVERY: Duration = Duration::from_millis(1000);
 const BOT_PLAYERS: usize = 20;
 const BOT_SECONDS: u64 = 40;
 const SERVERS: usize = 2;
-
-fn apply_text(ns: &str, text: &str) {
-    let f = tempfile::Builder::new().suffix(".yaml").tempfile().expect("temp file");
-    std::fs::write(f.path(), text).expect("write manifest");
-    kubectl(&["apply", "-n", ns, "-f", f.path().to_str().expect("utf-8")]);
-}
 
 fn diagnose(app_ns: &str, release_ns: &str) -> String {
     let mut s = String::new();
@@ -120,24 +116,6 @@ spec:
     )
 }
 
-fn pv_yaml(name: &str, class: &str, dir: &Path) -> String {
-    format!(
-        r#"apiVersion: v1
-kind: PersistentVolume
-metadata:
-  name: {name}
-  labels: {{starmesh-e2e: studio}}
-spec:
-  capacity: {{storage: 1Gi}}
-  accessModes: [ReadWriteOnce]
-  persistentVolumeReclaimPolicy: Retain
-  storageClassName: {class}
-  hostPath: {{path: "{}", type: Directory}}
-"#,
-        dir.display()
-    )
-}
-
 fn bots_job_yaml(name: &str, image: &str, gateway: &str) -> String {
     format!(
         r#"apiVersion: batch/v1
@@ -165,21 +143,6 @@ spec:
             capabilities: {{drop: [ALL]}}
 "#
     )
-}
-
-fn report_from_logs(logs: &str) -> Option<Value> {
-    let mut search = 0;
-    while let Some(i) = logs[search..].find('{') {
-        let at = search + i;
-        let mut it = serde_json::Deserializer::from_str(&logs[at..]).into_iter::<Value>();
-        if let Some(Ok(v)) = it.next()
-            && v.get("entities_lost").is_some()
-        {
-            return Some(v);
-        }
-        search = at + 1;
-    }
-    None
 }
 
 /// The game-server pods of the layout: (name, image, pod IP), Ready ones only.
@@ -261,7 +224,7 @@ fn a_studio_game_server_image_runs_the_layout_and_the_bots_play() {
     std::os::unix::fs::chown(&dir, Some(65532), Some(65532)).expect("chown PV folder");
     cleanup.dir = Some(dir.clone());
     let pv = format!("starmesh-e2e-studio-{suffix}");
-    apply_text("default", &pv_yaml(&pv, &class, &dir));
+    apply_text("default", &support::pv_yaml(&pv, &class, &dir, "studio"));
     cleanup.pv = Some(pv);
 
     // The studio's image has the node image's tag (both built by build-images.sh).

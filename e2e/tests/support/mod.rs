@@ -1,5 +1,6 @@
-//! Shared by the in-cluster tests (`helm.rs`, `mesh.rs`): the real kubectl and helm against
-//! the cluster in `KUBECONFIG`, with their caches and config in a temp dir (nothing under ~).
+//! Shared by the in-cluster tests: the real kubectl and helm against the cluster in
+//! `KUBECONFIG`, with their caches and config in a temp dir (nothing under ~), and the
+//! pieces every mesh test needs (a hostPath volume, applying a manifest, the bots' report).
 #![allow(dead_code)] // each test binary uses its own subset
 
 use std::{
@@ -93,4 +94,47 @@ pub fn unique_suffix() -> String {
 
 pub fn secs(d: Duration) -> String {
     format!("{:.1} s", d.as_secs_f64())
+}
+
+/// A 1 GiB hostPath PersistentVolume of `class` at `dir` (the cluster has no provisioner),
+/// labelled with the test that made it.
+pub fn pv_yaml(name: &str, class: &str, dir: &Path, test: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: PersistentVolume
+metadata:
+  name: {name}
+  labels: {{starmesh-e2e: {test}}}
+spec:
+  capacity: {{storage: 1Gi}}
+  accessModes: [ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Retain
+  storageClassName: {class}
+  hostPath: {{path: "{}", type: Directory}}
+"#,
+        dir.display()
+    )
+}
+
+/// `kubectl apply -n NS` of a manifest given as text.
+pub fn apply_text(ns: &str, text: &str) {
+    let f = tempfile::Builder::new().suffix(".yaml").tempfile().expect("temp file");
+    std::fs::write(f.path(), text).expect("write manifest");
+    kubectl(&["apply", "-n", ns, "-f", f.path().to_str().expect("utf-8")]);
+}
+
+/// The bots' JSON report (the object with `entities_lost`) in a pod's log, if printed.
+pub fn report_from_logs(logs: &str) -> Option<Value> {
+    let mut search = 0;
+    while let Some(i) = logs[search..].find('{') {
+        let at = search + i;
+        let mut it = serde_json::Deserializer::from_str(&logs[at..]).into_iter::<Value>();
+        if let Some(Ok(v)) = it.next()
+            && v.get("entities_lost").is_some()
+        {
+            return Some(v);
+        }
+        search = at + 1;
+    }
+    None
 }
