@@ -5,7 +5,8 @@
 //! - new players are redirected to the least-loaded shard (1), follow the redirect and
 //!   play there; their ships exist in shard 1 only;
 //! - the same players joining shard 0 again land in shard 1 again, even while shard 1 is
-//!   draining (the ship decides, never the load: no second ship);
+//!   draining (the ship decides, never the load: no second ship; only the gateways are
+//!   told here, so the replicant does not move the ships yet);
 //! - new players joining the draining shard's gateway are sent to shard 0;
 //! - players playing in a shard that starts draining are moved to the other shard while
 //!   they play (their ships transferred by the replicants, the bots told `Transferred`
@@ -23,7 +24,7 @@ use common::*;
 use starmesh_node::bots::{self, BotsConfig, GateOptions, Stop};
 use starmesh_node::gateway::{self, GatewayConfig, placement, placement::World};
 use starmesh_node::mesh_map::ShardLoad;
-use starmesh_node::replicant::shard_move;
+use starmesh_node::replicant::{Config, shard_move, tick};
 use starmesh_node::server::{self, ServerConfig, game::ExampleGame, metrics::Metrics};
 use starmesh_node::store::embedded::EmbeddedStore;
 use starmesh_node::wire::pb;
@@ -95,6 +96,14 @@ impl Shard {
     }
 }
 
+/// Only the gateways learn the map: their replicants do not know a shard drains, so no
+/// ship moves (placement alone is under test).
+fn tell_gateways(shards: &[&Shard], loads: &[ShardLoad]) {
+    for (i, s) in shards.iter().enumerate() {
+        s.gateway.hub.set_shards(i32::try_from(i).expect("index"), loads.to_vec());
+    }
+}
+
 /// Both gateways and both replicants learn the same map (as each reads the operator's
 /// ConfigMap).
 fn tell(shards: &[&Shard], loads: &[ShardLoad]) {
@@ -141,7 +150,7 @@ async fn new_players_go_to_the_least_loaded_shard_and_return_to_their_ship() {
     const N: usize = 6;
 
     // Shard 0 busy, shard 1 empty: new players joining shard 0 go to shard 1.
-    tell(&[&a, &b], &[a.load(0, Some(50), false), b.load(1, Some(0), false)]);
+    tell_gateways(&[&a, &b], &[a.load(0, Some(50), false), b.load(1, Some(0), false)]);
     let r = bots_at(a.gateway.grpc_addr, N, "fresh").await;
     assert_eq!(r.redirects, N as u64, "every new player redirected once: {}", r.table());
     assert_eq!(a.gateway.hub.metrics.joins.get(), 0, "shard 0 took nobody");
@@ -153,7 +162,7 @@ async fn new_players_go_to_the_least_loaded_shard_and_return_to_their_ship() {
     }
 
     // Shard 1 now draining (and "full"): the same players still land where their ship is.
-    tell(&[&a, &b], &[a.load(0, Some(0), false), b.load(1, Some(N as u64), true)]);
+    tell_gateways(&[&a, &b], &[a.load(0, Some(0), false), b.load(1, Some(N as u64), true)]);
     let r = bots_at(a.gateway.grpc_addr, N, "fresh").await;
     assert_eq!(r.redirects, N as u64, "back to their ships in shard 1: {}", r.table());
     assert_eq!(a.gateway.hub.metrics.joins.get(), 0, "no second ship in shard 0");
@@ -261,7 +270,11 @@ async fn players_of_a_draining_shard_are_moved_to_another_shard_while_playing() 
     assert_eq!(r.redirects, N as u64, "one redirect to shard 1 at join: {}", r.table());
     assert_eq!(r.gate_transfers, N as u64, "every bot followed its ship: {}", r.table());
     assert_eq!(r.reconnects, 0, "no forced disconnect: {}", r.table());
-    assert_eq!(b.gateway.hub.metrics.shard_moves.get(), N as u64);
+    // At least once per player (again to the stream a bot keeps on the old gateway a
+    // while to check its ship does not show there).
+    let told = b.gateway.hub.metrics.shard_moves.get();
+    assert!(told >= N as u64, "{told} players told of a move");
+    assert_eq!(a.gateway.hub.metrics.shard_moves.get(), 0);
     assert_eq!(a.gateway.hub.metrics.joins.get(), N as u64, "each player joined shard 0 once");
     for (id, at) in before {
         assert!(a.holds(id).await, "ship {id} is in shard 0");
@@ -279,10 +292,207 @@ async fn players_of_a_draining_shard_are_moved_to_another_shard_while_playing() 
     }
     assert_eq!(players_in(&b), 0);
     assert_eq!(players_in(&a), N);
+    // What the operator waits for before deleting the shard: no player attached there
+    // (`starmesh_players`), once the old streams have closed.
+    let attached = |s: &Shard| {
+        let core = s.replicant.shared.lock();
+        tick::player_counts(&core).values().sum::<u64>()
+    };
+    let t = Instant::now();
+    while attached(&b) > 0 {
+        assert!(t.elapsed() < Duration::from_secs(10), "{} players still attached", attached(&b));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("shard 1: 0 players attached {:?} after the bots ended", t.elapsed());
     // Players joining later at either gateway go to their ship in shard 0.
     let r = bots_at(b.gateway.grpc_addr, N, "drained").await;
     assert_eq!(r.redirects, N as u64, "{}", r.table());
     assert_eq!(players_in(&b), 0, "no second ship in the drained shard");
     a.stop().await;
     b.stop().await;
+}
+
+/// A move in transit survives a restart of the draining replicant while the target shard
+/// is down: the transfer is durably recorded before the first `Arrive`, resumed from the
+/// store at start, and the ship arrives in shard 0 exactly once, where it was (a handoff
+/// from `shard:1` to shard 0's server, not a gate arrival).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_move_in_transit_survives_a_restart_of_the_draining_replicant() {
+    use starmesh_node::replicant::gate;
+    use starmesh_node::wire::pb::replicant_message::Msg;
+
+    let dir = tempfile::tempdir().expect("dir");
+    let open = || Arc::new(EmbeddedStore::open(dir.path()).expect("store"));
+    let b = start(&sol(), fast_config(), open()).await;
+    let id = ship("mover");
+    // A server creates the ship in deep space, as the game does on a spawn; committed.
+    let mut sb = ServerClient::connect(b.grpc_addr, "s-deep").await;
+    let epoch = sb.grant_for("deep-space").await;
+    sb.send(write(1, epoch, id, (3000.0, 10.0, 0.0))).await;
+    sb.committed(1).await;
+    let before = b.replicant_entity(id);
+
+    // Shard 0 is down (nothing listens there): the move is recorded and retried.
+    let dead: std::net::SocketAddr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let loads = |a: std::net::SocketAddr, b: std::net::SocketAddr| {
+        vec![
+            ShardLoad { index: 0, gateway: dead, replicant: a, draining: false, players: Some(0) },
+            ShardLoad { index: 1, gateway: dead, replicant: b, draining: true, players: Some(1) },
+        ]
+    };
+    b.shared.gates.set_shards(1, loads(dead, b.grpc_addr));
+    let out = sb
+        .until(|m| match m {
+            Msg::HandoffOut(h) if h.entity.as_ref().is_some_and(|e| e.id == id) => Some(h.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(out.to_territory, "shard:0", "the server lets go of the ship");
+    let t = Instant::now();
+    while b.shared.metrics.gate_arrive_retries.get() == 0 {
+        assert!(t.elapsed() < Duration::from_secs(10), "no Arrive attempt");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    {
+        let core = b.shared.lock();
+        let l = gate::lookup(&core, id);
+        assert!(l.in_transit && !l.present, "{l:?}");
+    }
+
+    // The draining replicant stops (its pod killed mid-drain) and lets go of its store.
+    drop(sb);
+    let weak = Arc::downgrade(&b.shared);
+    b.shutdown().await;
+    let t = Instant::now();
+    while weak.upgrade().is_some() {
+        assert!(t.elapsed() < Duration::from_secs(10), "the old replicant still runs");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Shard 0 comes up; shard 1 restarts, still draining, and resumes the move.
+    let a_dir = tempfile::tempdir().expect("dir");
+    let a =
+        start(&sol(), fast_config(), Arc::new(EmbeddedStore::open(a_dir.path()).expect("store")))
+            .await;
+    let mut sa = ServerClient::connect(a.grpc_addr, "s-deep").await;
+    let a_epoch = sa.grant_for("deep-space").await;
+    let b = start(&sol(), fast_config(), open()).await;
+    {
+        let core = b.shared.lock();
+        let l = gate::lookup(&core, id);
+        assert!(l.in_transit && !l.present, "resumed from the record, not the entity row: {l:?}");
+    }
+    b.shared.gates.set_shards(1, loads(a.grpc_addr, b.grpc_addr));
+    let arrived = sa
+        .until(|m| match m {
+            Msg::HandoffIn(h) if h.entity.as_ref().is_some_and(|e| e.id == id) => Some(h.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(arrived.from_territory, "shard:1");
+    assert_eq!((arrived.to_territory.as_str(), arrived.epoch), ("deep-space", a_epoch));
+    let e = arrived.entity.expect("state");
+    let p = e.position.expect("position");
+    assert_eq!((p.x, p.y, p.z), (before.position.x, before.position.y, before.position.z));
+    assert_eq!(e.version, before.version + 1, "the version line continues");
+    let t = Instant::now();
+    loop {
+        let l = gate::lookup(&b.shared.lock(), id);
+        if l.departed {
+            assert!(!l.present && !l.in_transit, "{l:?}");
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "never settled: {l:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(a.shared.lock().world.contains(id), "in shard 0");
+    assert_eq!(a.shared.metrics.gate_transfers.with_label_values(&["arrived"]).get(), 1);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+trait EntityOf {
+    fn replicant_entity(&self, id: u64) -> starmesh_node::model::Entity;
+}
+
+impl EntityOf for starmesh_node::replicant::Running {
+    fn replicant_entity(&self, id: u64) -> starmesh_node::model::Entity {
+        self.shared.lock().world.entity(id).expect("entity in the world").clone()
+    }
+}
+
+/// A player away long enough for its ship to be evicted to the store, and no server owning
+/// its territory any more: the draining shard streams the ship in and moves it like the
+/// others, so the drained shard keeps only a tombstone (a returning player is sent to
+/// shard 0, which holds the ship).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_evicted_ship_of_a_draining_shard_moves_too() {
+    use starmesh_node::replicant::gate;
+
+    let cfg = || Config { evict_after: Duration::from_millis(300), ..fast_config() };
+    let (da, db) = (tempfile::tempdir().expect("dir"), tempfile::tempdir().expect("dir"));
+    let a = start(&sol(), cfg(), Arc::new(EmbeddedStore::open(da.path()).expect("store"))).await;
+    let b = start(&sol(), cfg(), Arc::new(EmbeddedStore::open(db.path()).expect("store"))).await;
+    let id = ship("away");
+    let sb = {
+        let mut s = ServerClient::connect(b.grpc_addr, "s-deep").await;
+        let epoch = s.grant_for("deep-space").await;
+        s.send(write(1, epoch, id, (3000.0, -10.0, 0.0))).await;
+        s.committed(1).await;
+        s
+    };
+    let t = Instant::now();
+    while b.shared.lock().world.entity(id).is_some() {
+        assert!(t.elapsed() < Duration::from_secs(10), "never evicted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(b.shared.lock().world.contains(id), "evicted, still held by shard 1");
+
+    let dead: std::net::SocketAddr = "127.0.0.1:9".parse().expect("addr");
+    b.shared.gates.set_shards(
+        1,
+        vec![
+            ShardLoad {
+                index: 0,
+                gateway: dead,
+                replicant: a.grpc_addr,
+                draining: false,
+                players: Some(0),
+            },
+            ShardLoad {
+                index: 1,
+                gateway: dead,
+                replicant: b.grpc_addr,
+                draining: true,
+                players: Some(0),
+            },
+        ],
+    );
+    let t = Instant::now();
+    loop {
+        let l = gate::lookup(&b.shared.lock(), id);
+        if l.departed {
+            assert!(!l.present, "{l:?}");
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "evicted ship never moved: {l:?}; Arrive retries {}, a: {:?}",
+            b.shared.metrics.gate_arrive_retries.get(),
+            ["arrived", "refused", "replayed"].map(|k| a
+                .shared
+                .metrics
+                .gate_transfers
+                .with_label_values(&[k])
+                .get())
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(a.shared.lock().world.contains(id), "in shard 0");
+    drop(sb);
+    a.shutdown().await;
+    b.shutdown().await;
 }

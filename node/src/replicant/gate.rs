@@ -192,10 +192,10 @@ impl Gates {
         *cur = (own, shards);
     }
 
-    /// The shard this one's ships move to now (`None`: not draining).
-    pub fn drain_target(&self) -> Option<i32> {
+    /// (this shard's index, the shard its ships move to now); `None`: not draining.
+    pub fn drain_target(&self) -> Option<(i32, i32)> {
         let cur = self.shards.read().unwrap_or_else(|p| p.into_inner());
-        super::shard_move::target(cur.0, &cur.1).map(|s| s.index)
+        super::shard_move::target(cur.0, &cur.1).map(|s| (cur.0, s.index))
     }
 
     /// The replicant of shard `index` of this layout, if the map lists it.

@@ -11,7 +11,8 @@
 //! sees the ship departed, finds it in the other shard and tells the player to continue at
 //! that shard's gateway (`Transferred`, as after a gate jump): no forced disconnect.
 //!
-//! Only player ships move: the game's own entities stay in the draining shard's store
+//! Player ships evicted to the store (their players away) are streamed in and moved
+//! too. Only player ships move: the game's own entities stay in the draining shard's store
 //! (its volume outlives the shard's pods) and come back with the shard if it scales up
 //! again. The decisions ([`target`], [`batch`]) are pure.
 
@@ -94,8 +95,8 @@ pub async fn run(shared: Arc<Shared>) {
         if shared.stopping.load(Ordering::Relaxed) {
             return;
         }
-        let Some(to) = shared.gates.drain_target() else { continue };
-        for o in start_moves(&shared, to) {
+        let Some((own, to)) = shared.gates.drain_target() else { continue };
+        for o in start_moves(&shared, own, to) {
             tokio::spawn(super::gate::run_outbound(shared.clone(), o, false));
         }
     }
@@ -103,7 +104,7 @@ pub async fn run(shared: Arc<Shared>) {
 
 /// Under the lock: takes up to [`batch`] player ships out of the world, tells their
 /// servers, and returns the transfers to run.
-fn start_moves(shared: &Arc<Shared>, to: i32) -> Vec<Outbound> {
+fn start_moves(shared: &Arc<Shared>, own: i32, to: i32) -> Vec<Outbound> {
     let m = &shared.metrics;
     let mut core = shared.lock();
     if core.wb.is_full() {
@@ -117,7 +118,8 @@ fn start_moves(shared: &Arc<Shared>, to: i32) -> Vec<Outbound> {
         .filter(|id| is_player_ship(*id) && !core.gates.fences(*id))
         .collect();
     ships.sort_unstable();
-    let n = batch(in_flight(&core), ships.len());
+    let waiting = ships.len();
+    let n = batch(in_flight(&core), waiting);
     let mut started = Vec::with_capacity(n);
     for id in ships.into_iter().take(n) {
         let Some(entity) = core.world.remove_for_gate(id) else { continue };
@@ -139,7 +141,8 @@ fn start_moves(shared: &Arc<Shared>, to: i32) -> Vec<Outbound> {
             .authority
             .grant(&territory)
             .and_then(|g| g.owner.clone())
-            .unwrap_or_else(|| Arc::from(""));
+            // No owner now: the record still needs a name (the store refuses an empty one).
+            .unwrap_or_else(|| Arc::from(shard_gate(own)));
         if let Some(conn) = owner {
             let h = pb::EntityHandoff {
                 entity: Some(entity_to_pb(&entity)),
@@ -154,7 +157,7 @@ fn start_moves(shared: &Arc<Shared>, to: i32) -> Vec<Outbound> {
             transfer_id,
             entity,
             // The `from` the target's server is told: this shard.
-            source_gate: Arc::from(format!("{SHARD_GATE_PREFIX}{}", shared.shard)),
+            source_gate: Arc::from(shard_gate(own)),
             target_system: Arc::from(shared.system.as_str()),
             target_gate: gate,
             server,
@@ -164,6 +167,19 @@ fn start_moves(shared: &Arc<Shared>, to: i32) -> Vec<Outbound> {
         started.push(o);
     }
     m.gate_in_transit.set(core.gates.in_transit() as i64);
+    if started.len() >= waiting {
+        // Ships of players away long enough to be evicted live only in the store: they
+        // move too (else the player would come back to a deleted shard). Streamed in
+        // (the tick loads them), they are moved like the others in a later round.
+        let mut evicted = Vec::new();
+        for t in core.world.map.names() {
+            core.world.evicted_in(&t, &mut evicted);
+        }
+        evicted.retain(|id| is_player_ship(*id) && !core.streaming_in.contains(id));
+        evicted.sort_unstable();
+        evicted.truncate(MAX_IN_FLIGHT);
+        core.stream_in_wanted.extend(evicted);
+    }
     started
 }
 
