@@ -169,3 +169,78 @@ async fn startup_waits_for_postgres_then_serves_the_stored_world() {
     drop(rep);
     pg.stop();
 }
+
+/// The store's password is a secret: it never reaches the replicant's log, neither when
+/// PostgreSQL refuses it (the error path, retried and logged) nor when it is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_postgres_password_never_reaches_the_log() {
+    use common::process::Replicant;
+
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let password = format!("pw{nanos:x}Secret");
+    let wrong = format!("wrong{nanos:x}Secret");
+    let mut pg = Pg::init_with_password(&password);
+    pg.start().await;
+    let sol = sol_path();
+    let logdir = tempfile::tempdir().unwrap();
+
+    // Refused: the replicant keeps retrying and logging why, never with the password.
+    let refused_log = logdir.path().join("refused.log");
+    let refused_url = pg.url().replace(&password, &wrong);
+    let rep = Replicant::spawn_logged(
+        env!("CARGO_BIN_EXE_starmesh"),
+        &[
+            "--system".as_ref(),
+            sol.as_os_str(),
+            "--store".as_ref(),
+            "postgres".as_ref(),
+            "--postgres-url".as_ref(),
+            refused_url.as_ref(),
+        ],
+        Some(&refused_log),
+    );
+    let mut refused_text = String::new();
+    for _ in 0..50 {
+        refused_text = std::fs::read_to_string(&refused_log).unwrap_or_default();
+        if refused_text.contains("password authentication failed") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        refused_text.contains("password authentication failed"),
+        "the log says why the store is down: {refused_text}"
+    );
+    assert_eq!(rep.readyz().0, 503, "not ready without its store");
+    drop(rep);
+
+    // Accepted: serves, and still nothing of the password in the log.
+    let served_log = logdir.path().join("served.log");
+    let url = pg.url();
+    let rep = Replicant::spawn_logged(
+        env!("CARGO_BIN_EXE_starmesh"),
+        &[
+            "--system".as_ref(),
+            sol.as_os_str(),
+            "--store".as_ref(),
+            "postgres".as_ref(),
+            "--postgres-url".as_ref(),
+            url.as_ref(),
+        ],
+        Some(&served_log),
+    );
+    rep.wait_ready(Duration::from_secs(30));
+    drop(rep);
+    pg.stop();
+    let refused_text = std::fs::read_to_string(&refused_log).unwrap();
+    let served_text = std::fs::read_to_string(&served_log).unwrap();
+    assert!(served_text.contains("recovered from store"), "{served_text}");
+    for (name, text) in [("refused", &refused_text), ("served", &served_text)] {
+        for secret in [&password, &wrong] {
+            assert!(!text.contains(secret.as_str()), "{name} log holds a password: {text}");
+        }
+    }
+}

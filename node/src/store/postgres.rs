@@ -53,8 +53,19 @@ pub struct PostgresStore {
     client: Mutex<Option<Client>>,
 }
 
-fn unavailable(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+/// The whole error chain: tokio-postgres says only "db error" at the top, and the server's
+/// reason (a refused password, a missing database) is what an SRE needs. Neither level
+/// carries the connection string, so no password reaches the log
+/// (`tests/postgres_store.rs`).
+fn unavailable(e: tokio_postgres::Error) -> StoreError {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    StoreError::Unavailable(text)
 }
 
 /// Ids and versions are u64 in the domain; stored bit-for-bit as BIGINT.

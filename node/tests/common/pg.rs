@@ -17,6 +17,8 @@ pub struct Pg {
     uid: u32,
     gid: u32,
     child: Option<Child>,
+    /// With a password, the server asks for it (scram-sha-256) instead of trusting loopback.
+    password: Option<String>,
     _tmp: tempfile::TempDir,
 }
 
@@ -33,6 +35,15 @@ fn ids() -> (u32, u32) {
 
 impl Pg {
     pub fn init() -> Pg {
+        Self::init_with(None)
+    }
+
+    /// A server that requires `password` for the `postgres` user (scram-sha-256).
+    pub fn init_with_password(password: &str) -> Pg {
+        Self::init_with(Some(password))
+    }
+
+    fn init_with(password: Option<&str>) -> Pg {
         assert!(
             Path::new(BIN).join("postgres").exists(),
             "PostgreSQL 15 is not installed: apt-get install -y postgresql"
@@ -41,9 +52,20 @@ impl Pg {
         let tmp = tempfile::tempdir().unwrap();
         std::os::unix::fs::chown(tmp.path(), Some(uid), Some(gid)).unwrap();
         let dir = tmp.path().join("data");
-        let st = Command::new(Path::new(BIN).join("initdb"))
-            .args(["-U", "postgres", "--auth=trust", "-D"])
-            .arg(&dir)
+        let mut initdb = Command::new(Path::new(BIN).join("initdb"));
+        initdb.args(["-U", "postgres", "-D"]).arg(&dir);
+        match password {
+            None => {
+                initdb.arg("--auth=trust");
+            }
+            Some(pw) => {
+                let pwfile = tmp.path().join("pwfile");
+                std::fs::write(&pwfile, pw).unwrap();
+                std::os::unix::fs::chown(&pwfile, Some(uid), Some(gid)).unwrap();
+                initdb.arg("--auth=scram-sha-256").arg("--pwfile").arg(&pwfile);
+            }
+        }
+        let st = initdb
             .uid(uid)
             .gid(gid)
             .stdout(Stdio::null())
@@ -52,11 +74,18 @@ impl Pg {
             .expect("run initdb");
         assert!(st.success(), "initdb failed");
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        Pg { dir, port, uid, gid, child: None, _tmp: tmp }
+        Pg { dir, port, uid, gid, child: None, password: password.map(str::to_string), _tmp: tmp }
     }
 
     pub fn url(&self) -> String {
-        format!("host=127.0.0.1 port={} user=postgres dbname=postgres connect_timeout=2", self.port)
+        let url = format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres connect_timeout=2",
+            self.port
+        );
+        match &self.password {
+            Some(pw) => format!("{url} password={pw}"),
+            None => url,
+        }
     }
 
     pub async fn start(&mut self) {
