@@ -356,3 +356,43 @@ async fn connections_that_never_handshake_are_closed() {
     let j = c.join(join_req(&token)).await.expect("an idle client still joins").into_inner();
     assert_eq!(j.player_id, placement::player_id("carol"));
 }
+
+/// A session lasts no longer than its token: at the expiry the gateway ends the Play stream
+/// with `Unauthenticated` (reason `Expired`), and the player must rejoin with a fresh token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_session_ends_when_its_token_expires() {
+    let w = start();
+    let mut c = Client::connect(format!("http://{}", w.gateway)).await.expect("connect gateway");
+    let key = TokenKey::new(KEY.to_vec()).expect("key");
+    let now = starmesh_node::gateway::auth::now_unix();
+    // Whole seconds: the expiry is at a second boundary 3 to 4 s from now.
+    let token = key.mint("dora", now + 4).expect("mint");
+    c.join(join_req(&token)).await.expect("joins while the token holds");
+    let started = std::time::Instant::now();
+    let mut stream = play(&mut c, &token).await.expect("plays while the token holds");
+    let mut bubbles = 0;
+    let ended = loop {
+        match tokio::time::timeout(Duration::from_secs(15), stream.message()).await {
+            Ok(Ok(Some(u))) => {
+                if matches!(u.msg, Some(pb::player_update::Msg::Bubble(_))) {
+                    bubbles += 1;
+                }
+            }
+            Ok(Ok(None)) => panic!("the stream ended without a status after {bubbles} bubbles"),
+            Ok(Err(status)) => break status,
+            Err(_) => panic!("the session outlived its token by more than 10 s"),
+        }
+    };
+    let lasted = started.elapsed();
+    assert!(bubbles > 0, "the player was served before the expiry");
+    refused(Err::<(), _>(ended), "Expired", "a session past its token's expiry");
+    assert!(
+        lasted >= Duration::from_secs(2) && lasted < Duration::from_secs(8),
+        "ended at the expiry, not before or long after: {lasted:?}"
+    );
+    // A fresh token plays again.
+    let fresh = key.mint("dora", starmesh_node::gateway::auth::now_unix() + 600).expect("mint");
+    let mut again = play(&mut c, &fresh).await.expect("a fresh token plays");
+    let first = tokio::time::timeout(Duration::from_secs(10), again.message()).await;
+    assert!(matches!(first, Ok(Ok(Some(_)))), "served again: {first:?}");
+}

@@ -123,6 +123,12 @@ impl TokenKey {
     /// not expired at `now_unix`. The signature is checked (in constant time) before
     /// anything in the payload is believed.
     pub fn verify(&self, token: &str, now_unix: u64) -> Result<String, TokenError> {
+        self.verify_until(token, now_unix).map(|(name, _)| name)
+    }
+
+    /// [`verify`](Self::verify), and until when (seconds since the epoch) the token holds:
+    /// an open session ends then, so an expired token never keeps playing.
+    pub fn verify_until(&self, token: &str, now_unix: u64) -> Result<(String, u64), TokenError> {
         if token.is_empty() {
             return Err(TokenError::Missing);
         }
@@ -143,14 +149,15 @@ impl TokenKey {
         let (exp, name) = raw.split_at(8);
         let mut e = [0u8; 8];
         e.copy_from_slice(exp);
-        if u64::from_be_bytes(e) <= now_unix {
+        let expires = u64::from_be_bytes(e);
+        if expires <= now_unix {
             return Err(TokenError::Expired);
         }
         let name = std::str::from_utf8(name).map_err(|_| TokenError::Malformed)?;
         if !placement::valid_name(name) {
             return Err(TokenError::Malformed);
         }
-        Ok(name.to_string())
+        Ok((name.to_string(), expires))
     }
 }
 

@@ -158,7 +158,7 @@ impl Metrics {
             ),
             auth_refused: c(
                 "starmesh_gateway_auth_refused_total",
-                "Join or Play refused for a missing, malformed, forged or expired token",
+                "Join or Play refused for a missing, malformed, forged or expired token, or a Play session ended when its token expired",
             ),
             redirects: c(
                 "starmesh_gateway_redirects_total",
@@ -819,16 +819,17 @@ impl pb::player_link_server::PlayerLink for Svc {
             }
         };
         // The player comes from the token alone: nobody acts on another's ship.
-        let player = match &hub.token_key {
-            Some(key) => match key.verify(&token, auth::now_unix()) {
-                Ok(name) => placement::player_id(&name),
+        // A signed token also bounds the session: it ends when the token expires.
+        let (player, expires_unix) = match &hub.token_key {
+            Some(key) => match key.verify_until(&token, auth::now_unix()) {
+                Ok((name, expires)) => (placement::player_id(&name), Some(expires)),
                 Err(e) => {
                     hub.metrics.auth_refused.inc();
                     return Err(e.into());
                 }
             },
             None => match placement::player_for_token(&token) {
-                Some((_, player)) => player,
+                Some((_, player)) => (player, None),
                 None => return Err(Status::unauthenticated("starmesh.player: unknown token")),
             },
         };
@@ -846,7 +847,11 @@ impl pb::player_link_server::PlayerLink for Svc {
         }
 
         let (tx, rx) = mpsc::channel(PLAYER_QUEUE);
-        tokio::spawn(write_player(hub.clone(), slot.clone(), generation, tx.clone()));
+        let expires = expires_unix.map(|exp| {
+            let left = exp.saturating_sub(auth::now_unix());
+            tokio::time::Instant::now() + Duration::from_secs(left)
+        });
+        tokio::spawn(write_player(hub.clone(), slot.clone(), generation, expires, tx.clone()));
         tokio::spawn(read_player(hub, slot, generation, inbound, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -859,13 +864,28 @@ async fn write_player(
     hub: Arc<Hub>,
     slot: Arc<Slot>,
     generation: u64,
+    expires: Option<tokio::time::Instant>,
     tx: mpsc::Sender<Result<pb::PlayerUpdate, Status>>,
 ) {
     let mut wake = slot.wake.subscribe();
+    // Without a token key (development mode) a session never expires.
+    let expiry = async {
+        match expires {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(expiry);
     loop {
         tokio::select! {
             r = wake.changed() => if r.is_err() { return },
             _ = tx.closed() => return,
+            () = &mut expiry => {
+                // The client rejoins with a fresh token (`Unauthenticated`, reason `Expired`).
+                hub.metrics.auth_refused.inc();
+                let _ = tx.send(Err(auth::TokenError::Expired.into())).await;
+                return;
+            }
         }
         if slot.stream.load(Ordering::SeqCst) != generation {
             return;
