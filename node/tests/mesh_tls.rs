@@ -128,86 +128,9 @@ fn der(pem: &str) -> Vec<u8> {
 
 /// Replicant, `servers` and gateway, all with `--tls-dir tls` (the symlink).
 fn start(dir: tempfile::TempDir, tls_dir: &Path, servers: &[&str]) -> Mesh {
-    let system = manifest("stanton.yaml").display().to_string();
-    let layout = manifest("stanton-layout.yaml").display().to_string();
-    let data = dir.path().join("data").display().to_string();
-    let tls_dir = tls_dir.display().to_string();
-    let (replicant, line) = Proc::spawn(
-        dir.path(),
-        "replicant",
-        &[
-            s("replicant"),
-            s("--listen"),
-            s("127.0.0.1:0"),
-            s("--metrics-listen"),
-            s("127.0.0.1:0"),
-            s("--data-dir"),
-            data,
-            s("--system"),
-            system.clone(),
-            s("--layout"),
-            layout.clone(),
-            s("--tls-dir"),
-            tls_dir.clone(),
-        ],
-    );
-    let (grpc, replicant_metrics) = (addr(&line, "grpc="), addr(&line, "metrics="));
-    wait_ready(&replicant, replicant_metrics, Duration::from_secs(30));
-    let servers: Vec<Server> = servers
-        .iter()
-        .map(|name| {
-            let (proc, line) = Proc::spawn(
-                dir.path(),
-                &format!("server-{name}"),
-                &[
-                    s("server"),
-                    s("--replicant"),
-                    grpc.to_string(),
-                    s("--name"),
-                    s(name),
-                    s("--metrics"),
-                    s("127.0.0.1:0"),
-                    s("--tls-dir"),
-                    tls_dir.clone(),
-                ],
-            );
-            Server { name: s(name), metrics: addr(&line, "metrics="), proc }
-        })
-        .collect();
-    for sv in &servers {
-        wait_ready(&sv.proc, sv.metrics, Duration::from_secs(30));
-    }
-    let (gateway, line) = Proc::spawn(
-        dir.path(),
-        "gateway",
-        &[
-            s("gateway"),
-            s("--replicant"),
-            grpc.to_string(),
-            s("--listen"),
-            s("127.0.0.1:0"),
-            s("--metrics"),
-            s("127.0.0.1:0"),
-            s("--system"),
-            system,
-            s("--layout"),
-            layout,
-            s("--tls-dir"),
-            tls_dir,
-        ],
-    );
-    let (gateway_addr, gateway_metrics) = (addr(&line, "grpc="), addr(&line, "metrics="));
-    wait_ready(&gateway, gateway_metrics, Duration::from_secs(30));
-    Mesh {
-        dir,
-        replicant,
-        grpc,
-        replicant_metrics,
-        servers,
-        gateway,
-        gateway_addr,
-        gateway_metrics,
-    }
+    let (system, layout) = (manifest("stanton.yaml"), manifest("stanton-layout.yaml"));
+    let tls = [s("--tls-dir"), tls_dir.display().to_string()];
+    Mesh::start_in(dir, &system, &layout, servers, &tls)
 }
 
 /// A counter's value from a `/metrics` text (0 when absent).

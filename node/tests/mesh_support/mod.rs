@@ -151,13 +151,26 @@ impl Mesh {
     /// The mesh of another StarSystem and ServerLayout (e.g. a dynamic one).
     pub fn start_with(system: &Path, layout: &Path, servers: &[&str]) -> Mesh {
         let dir = tempfile::tempdir().expect("tempdir");
+        Mesh::start_in(dir, system, layout, servers, &[])
+    }
+
+    /// The mesh with its files in `dir`, and `extra` flags given to every process (e.g.
+    /// `--tls-dir`).
+    pub fn start_in(
+        dir: tempfile::TempDir,
+        system: &Path,
+        layout: &Path,
+        servers: &[&str],
+        extra: &[String],
+    ) -> Mesh {
+        let with_extra = |args: Vec<String>| -> Vec<String> { [args, extra.to_vec()].concat() };
         let system = system.display().to_string();
         let layout = layout.display().to_string();
         let data = dir.path().join("data").display().to_string();
         let (replicant, line) = Proc::spawn(
             dir.path(),
             "replicant",
-            &[
+            &with_extra(vec![
                 s("replicant"),
                 s("--listen"),
                 s("127.0.0.1:0"),
@@ -169,7 +182,7 @@ impl Mesh {
                 system.clone(),
                 s("--layout"),
                 layout.clone(),
-            ],
+            ]),
         );
         let (grpc, replicant_metrics) = (addr(&line, "grpc="), addr(&line, "metrics="));
         wait_ready(&replicant, replicant_metrics, Duration::from_secs(30));
@@ -179,7 +192,7 @@ impl Mesh {
                 let (proc, line) = Proc::spawn(
                     dir.path(),
                     &format!("server-{name}"),
-                    &[
+                    &with_extra(vec![
                         s("server"),
                         s("--replicant"),
                         grpc.to_string(),
@@ -187,7 +200,7 @@ impl Mesh {
                         s(name),
                         s("--metrics"),
                         s("127.0.0.1:0"),
-                    ],
+                    ]),
                 );
                 Server { name: s(name), metrics: addr(&line, "metrics="), proc }
             })
@@ -198,7 +211,7 @@ impl Mesh {
         let (gateway, line) = Proc::spawn(
             dir.path(),
             "gateway",
-            &[
+            &with_extra(vec![
                 s("gateway"),
                 s("--replicant"),
                 grpc.to_string(),
@@ -210,7 +223,7 @@ impl Mesh {
                 system,
                 s("--layout"),
                 layout,
-            ],
+            ]),
         );
         let (gateway_addr, gateway_metrics) = (addr(&line, "grpc="), addr(&line, "metrics="));
         wait_ready(&gateway, gateway_metrics, Duration::from_secs(30));
