@@ -156,6 +156,9 @@ struct Step {
     deferred: f64,
     server_tick_p99_s: f64,
     coalesced: f64,
+    bubble_wait_p99_s: f64,
+    tick_late_p99_s: f64,
+    stream_full: f64,
     update_p99_ms: f64,
     max_stall_ms: f64,
     bots_cores: f64,
@@ -211,8 +214,13 @@ fn run_step(n: usize, warmup: Duration, window: Duration) -> Step {
         - g0.sum("starmesh_gateway_bubble_batches_sent_total");
     let coalesced = g1.sum("starmesh_gateway_bubble_batches_coalesced_total")
         - g0.sum("starmesh_gateway_bubble_batches_coalesced_total");
+    let stream_full = g1.v("starmesh_gateway_player_stream_full_total")
+        - g0.v("starmesh_gateway_player_stream_full_total");
     let mut s = Step {
         n,
+        tick_late_p99_s: p99(&r0, &r1, "starmesh_replicant_tick_lateness_seconds").0,
+        bubble_wait_p99_s: p99(&g0, &g1, "starmesh_gateway_bubble_wait_seconds").0,
+        stream_full: stream_full / sent.max(1.0),
         connected: r["connected"].as_u64().unwrap_or(0),
         tick_p99_s,
         tick_rate: ticks / secs,
@@ -252,13 +260,16 @@ fn run_step(n: usize, warmup: Duration, window: Duration) -> Step {
     }
     s.ok = s.why.is_empty();
     eprintln!(
-        "players {n}: {} | connected {} tick p99 <= {:.1} ms at {:.1} Hz, deferred {:.2}%, coalesced {:.2}%, server tick p99 <= {:.1} ms, input p99 {:.0} ms, stall {:.0} ms | cores: replicant {:.2} servers {:.2} gateway {:.2} bots {:.2} machine {:.2}",
+        "players {n}: {} | connected {} tick p99 <= {:.1} ms at {:.1} Hz, deferred {:.2}%, coalesced {:.2}% (tick late p99 <= {:.1} ms, gateway wait p99 <= {:.1} ms, stream full {:.2}%), server tick p99 <= {:.1} ms, input p99 {:.0} ms, stall {:.0} ms | cores: replicant {:.2} servers {:.2} gateway {:.2} bots {:.2} machine {:.2}",
         if s.ok { "ok".to_string() } else { format!("FAIL ({})", s.why.join("; ")) },
         s.connected,
         s.tick_p99_s * 1000.0,
         s.tick_rate,
         s.deferred * 100.0,
         s.coalesced * 100.0,
+        s.tick_late_p99_s * 1000.0,
+        s.bubble_wait_p99_s * 1000.0,
+        s.stream_full * 100.0,
         s.server_tick_p99_s * 1000.0,
         s.update_p99_ms,
         s.max_stall_ms,

@@ -19,6 +19,8 @@ pub const MAX_PENDING: usize = 16_384;
 pub struct Coalescer {
     pending: BTreeMap<EntityId, Change>,
     tick: u64,
+    /// When the oldest pending update arrived (how long the player waited).
+    since: Option<std::time::Instant>,
     /// Batches merged into a previous pending one (counted as dropped stale updates).
     pub merged: u64,
 }
@@ -69,6 +71,8 @@ impl Coalescer {
     pub fn push(&mut self, batch: pb::UpdateBatch) -> Result<(), Overflow> {
         if !self.pending.is_empty() {
             self.merged += 1;
+        } else {
+            self.since = Some(std::time::Instant::now());
         }
         self.tick = self.tick.max(batch.tick);
         for u in batch.updates {
@@ -85,6 +89,11 @@ impl Coalescer {
             return Err(Overflow);
         }
         Ok(())
+    }
+
+    /// When the oldest pending update arrived, if any is pending.
+    pub fn pending_since(&self) -> Option<std::time::Instant> {
+        if self.pending.is_empty() { None } else { self.since }
     }
 
     /// Everything pending as one batch (removals first), or `None`.

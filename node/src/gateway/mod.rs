@@ -90,6 +90,8 @@ pub struct Metrics {
     pub inputs_unroutable: IntCounter,
     pub batches_sent: IntCounter,
     pub batches_coalesced: IntCounter,
+    pub bubble_wait: prometheus::Histogram,
+    pub player_stream_full: IntCounter,
     pub bubbles_overflowed: IntCounter,
     pub replicant_reconnects: IntCounter,
     pub bad_messages: IntCounter,
@@ -134,6 +136,22 @@ impl Metrics {
             batches_coalesced: c(
                 "starmesh_gateway_bubble_batches_coalesced_total",
                 "Bubble batches merged into a pending one because the player read slowly",
+            ),
+            bubble_wait: {
+                let h = prometheus::Histogram::with_opts(
+                    prometheus::HistogramOpts::new(
+                        "starmesh_gateway_bubble_wait_seconds",
+                        "Time from a bubble batch's arrival from the replicant to its hand-over to the player's stream",
+                    )
+                    .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.033, 0.05, 0.1, 0.25, 1.0]),
+                )
+                .expect("valid metric");
+                r.register(Box::new(h.clone())).expect("unique metric");
+                h
+            },
+            player_stream_full: c(
+                "starmesh_gateway_player_stream_full_total",
+                "Bubble batches that waited for room in the player's stream (the player or its connection read slowly)",
             ),
             bubbles_overflowed: c(
                 "starmesh_gateway_bubble_overflows_total",
@@ -909,13 +927,23 @@ async fn write_player(
                 return;
             }
         }
-        let batch = slot.bubble().take();
+        let (batch, since) = {
+            let mut b = slot.bubble();
+            let since = b.pending_since();
+            (b.take(), since)
+        };
         if let Some(b) = batch {
             let m = pb::PlayerUpdate { msg: Some(player_update::Msg::Bubble(b)) };
+            if tx.capacity() == 0 {
+                hub.metrics.player_stream_full.inc();
+            }
             if tx.send(Ok(m)).await.is_err() {
                 return;
             }
             hub.metrics.batches_sent.inc();
+            if let Some(t) = since {
+                hub.metrics.bubble_wait.observe(t.elapsed().as_secs_f64());
+            }
         }
     }
 }

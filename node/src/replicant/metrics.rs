@@ -20,6 +20,7 @@ pub struct Metrics {
     pub stream_messages: IntCounterVec,
     pub commit_latency: Histogram,
     pub tick_duration: Histogram,
+    pub tick_lateness: Histogram,
     pub commits: IntCounter,
     pub commit_failures: IntCounter,
     pub evictions: IntCounter,
@@ -135,6 +136,21 @@ impl Metrics {
                     HistogramOpts::new(
                         "starmesh_replicant_tick_duration_seconds",
                         "Time one replicant tick took (lock wait, handoffs, streaming to every subscriber)",
+                    )
+                    .buckets(vec![
+                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 1.0 / 30.0, 0.05, 0.1, 0.25, 1.0,
+                    ]),
+                )
+                .expect("valid"),
+            ),
+            // A late start shortens the gap to the next tick: subscribers then get
+            // two ticks' updates close together (the gateway merges them).
+            tick_lateness: reg(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "starmesh_replicant_tick_lateness_seconds",
+                        "How late a replicant tick started against its fixed-rate schedule",
                     )
                     .buckets(vec![
                         0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 1.0 / 30.0, 0.05, 0.1, 0.25, 1.0,

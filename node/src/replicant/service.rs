@@ -55,7 +55,18 @@ pub async fn serve_grpc(shared: Arc<Shared>, listener: tokio::net::TcpListener) 
         Some(tls) => {
             router.serve_with_incoming_shutdown(crate::tls::incoming(listener, tls), stop).await
         }
-        None => router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop).await,
+        None => {
+            // Accepted sockets do not inherit TCP_NODELAY, and tonic sets it only on
+            // listeners it binds itself. Without it Nagle holds a tick's small batch
+            // until the previous one is acknowledged (delayed ACK: up to 40 ms), so
+            // subscribers got two ticks at once (BENCHMARKS.md, "Nagle").
+            let incoming = TcpListenerStream::new(listener).map(|c| {
+                let c = c?;
+                let _ = c.set_nodelay(true);
+                Ok::<_, std::io::Error>(c)
+            });
+            router.serve_with_incoming_shutdown(incoming, stop).await
+        }
     };
     if let Err(e) = r {
         tracing::error!(error = %e, "gRPC server ended");

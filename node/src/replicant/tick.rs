@@ -25,11 +25,14 @@ pub async fn run(shared: Arc<Shared>) {
     let mut interval = tokio::time::interval(period);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
-        tokio::select! {
-            _ = interval.tick() => {}
+        let scheduled = tokio::select! {
+            at = interval.tick() => at,
             _ = shared.shutdown.notified() => return,
-        }
+        };
         let started = Instant::now();
+        shared.metrics.tick_lateness.observe(
+            tokio::time::Instant::now().saturating_duration_since(scheduled).as_secs_f64(),
+        );
         let wanted = {
             let mut core = shared.lock();
             step(&shared, &mut core, Instant::now())
