@@ -96,6 +96,7 @@ fn player_ticks(n: u64, in_bubble: f64, cap: BubbleCap, iters: u64) -> (f64, f64
             let msg = pb::GatewayUpdate {
                 player_id: 1,
                 batch: Some(pb::UpdateBatch { tick, updates: std::mem::take(&mut plan.updates) }),
+                own: None,
             };
             let bytes = msg.encode_to_vec();
             sub.commit(&plan);

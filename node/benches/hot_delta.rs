@@ -19,7 +19,7 @@ const SIDE_KM: f64 = 3000.0;
 const IN_BUBBLE: f64 = 100.0;
 
 fn batch(updates: Vec<pb::EntityUpdate>, tick: u64) -> pb::GatewayUpdate {
-    pb::GatewayUpdate { player_id: 1, batch: Some(pb::UpdateBatch { tick, updates }) }
+    pb::GatewayUpdate { player_id: 1, batch: Some(pb::UpdateBatch { tick, updates }), own: None }
 }
 
 fn main() {

@@ -12,6 +12,11 @@ use starmesh_node::replicant::{self, Config};
 use starmesh_node::resources;
 use starmesh_node::store::{Store, embedded::EmbeddedStore, postgres::PostgresStore};
 
+/// Bubble batches are allocated and freed per player per tick; glibc's malloc was
+/// ~15% of the gateway's and replicant's CPU at 1,000 players (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "starmesh",

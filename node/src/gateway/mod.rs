@@ -12,6 +12,7 @@
 pub mod auth;
 pub mod bubble;
 pub mod deadline;
+pub mod forward;
 pub mod placement;
 pub mod rate_limit;
 pub mod shards;
@@ -30,7 +31,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::model::{EntityId, PlayerId, Vec3};
-use crate::wire::pb::{self, entity_update::Change, gateway_message, player_update};
+use crate::wire::pb::{self, gateway_message, player_update};
 use crate::wire::validate::{
     MAX_COORD_KM, MAX_NAME_LEN, MAX_RADIUS_KM, MAX_SPEED_KM_S, vec3_to_pb,
 };
@@ -135,7 +136,7 @@ impl Metrics {
             ),
             batches_coalesced: c(
                 "starmesh_gateway_bubble_batches_coalesced_total",
-                "Bubble batches merged into a pending one because the player read slowly",
+                "Bubble batches merged into one not yet written to the player (a slow reader, or batches arriving close together)",
             ),
             bubble_wait: {
                 let h = prometheus::Histogram::with_opts(
@@ -227,41 +228,41 @@ impl Slot {
         self.bubble.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn deliver(&self, batch: pb::UpdateBatch, m: &Metrics) {
-        for u in &batch.updates {
-            let pos = match &u.change {
-                Some(Change::Enter(e)) if e.id == self.entity => e.position,
-                Some(Change::Delta(d)) if d.id == self.entity => d.position,
-                Some(Change::Leave(id)) if *id == self.entity => {
-                    self.gone.store(true, Ordering::Relaxed);
-                    continue;
+    /// A batch for this player, as the replicant encoded it. `own` is the
+    /// player's ship in it, when the batch holds an update of the ship.
+    fn deliver(
+        &self,
+        batch: bytes::Bytes,
+        own: Option<pb::OwnShip>,
+        m: &Metrics,
+    ) -> Result<(), bubble::PushError> {
+        if let Some(own) = own {
+            if own.present {
+                self.gone.store(false, Ordering::Relaxed);
+                self.seen.store(true, Ordering::Relaxed);
+                if let Some(p) = own.position {
+                    *self.last_pos.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some(Vec3::new(p.x, p.y, p.z));
                 }
-                _ => continue,
-            };
-            self.gone.store(false, Ordering::Relaxed);
-            if let Some(p) = pos {
-                *self.last_pos.lock().unwrap_or_else(|p| p.into_inner()) =
-                    Some(Vec3::new(p.x, p.y, p.z));
+            } else {
+                self.gone.store(true, Ordering::Relaxed);
             }
-        }
-        if !self.seen.load(Ordering::Relaxed)
-            && batch.updates.iter().any(|u| match &u.change {
-                Some(Change::Enter(s)) => s.id == self.entity,
-                Some(Change::Delta(d)) => d.id == self.entity,
-                _ => false,
-            })
-        {
-            self.seen.store(true, Ordering::Relaxed);
         }
         let mut b = self.bubble();
         let before = b.merged;
-        if b.push(batch).is_err() {
-            m.bubbles_overflowed.inc();
-            self.overflowed.store(true, Ordering::Relaxed);
-        }
+        let pushed = b.push_encoded(batch);
         m.batches_coalesced.inc_by(b.merged - before);
         drop(b);
+        match pushed {
+            Err(bubble::PushError::Overflow) => {
+                m.bubbles_overflowed.inc();
+                self.overflowed.store(true, Ordering::Relaxed);
+            }
+            Err(e) => return Err(e),
+            Ok(()) => {}
+        }
         self.wake.send_modify(|n| *n = n.wrapping_add(1));
+        Ok(())
     }
 }
 
@@ -668,7 +669,7 @@ async fn link_session(hub: &Arc<Hub>, i: usize) -> anyhow::Result<()> {
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true);
     let channel = crate::tls::connect(ep, crate::tls::process().as_ref()).await?;
-    let mut client = pb::gateway_link_client::GatewayLinkClient::new(channel)
+    let mut client = forward::gateway_link::gateway_link_client::GatewayLinkClient::new(channel)
         .max_decoding_message_size(MAX_REPLICANT_MESSAGE_BYTES);
     let (tx, rx) = mpsc::channel(LINK_QUEUE);
     let mut inbound = client.session(ReceiverStream::new(rx)).await?.into_inner();
@@ -690,10 +691,14 @@ async fn link_session(hub: &Arc<Hub>, i: usize) -> anyhow::Result<()> {
     }
     tracing::debug!(replicant = %hub.cfg.replicant, link = i, players = active.len(), "replicant link up");
     while let Some(u) = inbound.message().await? {
-        let Some(batch) = u.batch else { continue };
+        // Empty: no batch (or an empty one), nothing to forward.
+        if u.batch.is_empty() {
+            continue;
+        }
         let slot = hub.players().get(&u.player_id).cloned();
         if let Some(s) = slot {
-            s.deliver(batch, &hub.metrics);
+            s.deliver(u.batch, u.own, &hub.metrics)
+                .map_err(|e| anyhow::anyhow!("replicant link: player {}: {e}", u.player_id))?;
         }
     }
     Ok(())
@@ -756,7 +761,7 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 pub struct Svc(pub Arc<Hub>);
 
 #[tonic::async_trait]
-impl pb::player_link_server::PlayerLink for Svc {
+impl forward::player_link::player_link_server::PlayerLink for Svc {
     async fn join(
         &self,
         req: Request<pb::JoinRequest>,
@@ -814,7 +819,7 @@ impl pb::player_link_server::PlayerLink for Svc {
         }))
     }
 
-    type PlayStream = BoxStream<pb::PlayerUpdate>;
+    type PlayStream = BoxStream<forward::PlayerUpdateOut>;
 
     async fn play(
         &self,
@@ -883,7 +888,7 @@ async fn write_player(
     slot: Arc<Slot>,
     generation: u64,
     expires: Option<tokio::time::Instant>,
-    tx: mpsc::Sender<Result<pb::PlayerUpdate, Status>>,
+    tx: mpsc::Sender<Result<forward::PlayerUpdateOut, Status>>,
 ) {
     let mut wake = slot.wake.subscribe();
     // Without a token key (development mode) a session never expires.
@@ -915,14 +920,18 @@ async fn write_player(
         }
         let dropped = slot.inputs_dropped.swap(0, Ordering::Relaxed);
         if dropped > 0 {
-            let m = pb::PlayerUpdate { msg: Some(player_update::Msg::InputsDropped(dropped)) };
+            let m = forward::PlayerUpdateOut::Message(pb::PlayerUpdate {
+                msg: Some(player_update::Msg::InputsDropped(dropped)),
+            });
             if tx.send(Ok(m)).await.is_err() {
                 return;
             }
         }
         let transfer = slot.transfer.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(t) = transfer {
-            let m = pb::PlayerUpdate { msg: Some(player_update::Msg::Transferred(t)) };
+            let m = forward::PlayerUpdateOut::Message(pb::PlayerUpdate {
+                msg: Some(player_update::Msg::Transferred(t)),
+            });
             if tx.send(Ok(m)).await.is_err() {
                 return;
             }
@@ -933,7 +942,12 @@ async fn write_player(
             (b.take(), since)
         };
         if let Some(b) = batch {
-            let m = pb::PlayerUpdate { msg: Some(player_update::Msg::Bubble(b)) };
+            let m = match b {
+                bubble::Pending::Encoded(bytes) => forward::PlayerUpdateOut::Bubble(bytes),
+                bubble::Pending::Merged(b) => forward::PlayerUpdateOut::Message(pb::PlayerUpdate {
+                    msg: Some(player_update::Msg::Bubble(b)),
+                }),
+            };
             if tx.capacity() == 0 {
                 hub.metrics.player_stream_full.inc();
             }
@@ -953,7 +967,7 @@ async fn read_player(
     slot: Arc<Slot>,
     generation: u64,
     mut inbound: Streaming<pb::PlayerMessage>,
-    tx: mpsc::Sender<Result<pb::PlayerUpdate, Status>>,
+    tx: mpsc::Sender<Result<forward::PlayerUpdateOut, Status>>,
 ) {
     let mut bucket = TokenBucket::new(hub.cfg.input_rate, hub.cfg.input_burst, hub.now());
     let end: Option<Status> = loop {
@@ -1095,7 +1109,7 @@ pub async fn serve_with_auth(
             .http2_keepalive_interval(Some(PING_INTERVAL))
             .http2_keepalive_timeout(Some(PING_TIMEOUT))
             .add_service(
-                pb::player_link_server::PlayerLinkServer::new(svc)
+                forward::player_link::player_link_server::PlayerLinkServer::new(svc)
                     .max_decoding_message_size(MAX_PLAYER_MESSAGE_BYTES),
             )
             .serve_with_incoming(deadline::incoming(grpc, deadline::HANDSHAKE_TIMEOUT))
@@ -1146,6 +1160,7 @@ mod tests {
             input_burst: 1.0,
             bubble_radius: 1.0,
         };
+        use crate::wire::pb::entity_update::Change;
         let hub = Hub::with_links(cfg, world, 1);
         let (slot, _) = hub.open_stream(7).unwrap();
         let near = pb::EntityState {
@@ -1153,10 +1168,19 @@ mod tests {
             position: Some(pb::Vec3 { x: -45_000_000.0, y: 20_000_050.0, z: 0.0 }),
             ..Default::default()
         };
-        let enter = pb::EntityUpdate { change: Some(Change::Enter(near)) };
-        slot.deliver(pb::UpdateBatch { tick: 1, updates: vec![enter] }, &hub.metrics);
+        let enter = pb::EntityUpdate { change: Some(Change::Enter(near.clone())) };
+        let batch = |tick, u| {
+            bytes::Bytes::from(prost::Message::encode_to_vec(&pb::UpdateBatch {
+                tick,
+                updates: vec![u],
+            }))
+        };
+        let here = pb::OwnShip { present: true, position: near.position };
+        slot.deliver(batch(1, enter), Some(here), &hub.metrics).unwrap();
+        assert!(slot.seen.load(Ordering::Relaxed) && !slot.gone.load(Ordering::Relaxed));
         let leave = pb::EntityUpdate { change: Some(Change::Leave(slot.entity)) };
-        slot.deliver(pb::UpdateBatch { tick: 2, updates: vec![leave] }, &hub.metrics);
+        let left = pb::OwnShip { present: false, position: None };
+        slot.deliver(batch(2, leave), Some(left), &hub.metrics).unwrap();
         assert!(slot.gone.load(Ordering::Relaxed));
         hub.transferred(&slot);
         hub.transferred(&slot);

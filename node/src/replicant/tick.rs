@@ -185,12 +185,14 @@ pub fn step(shared: &Shared, core: &mut Core, now: Instant) -> Vec<EntityId> {
                 continue;
             }
             served += 1;
+            let own = own_ship(&plan.updates, p.entity);
             let msg = pb::GatewayUpdate {
                 player_id: pid,
                 batch: Some(pb::UpdateBatch {
                     tick: changes.tick,
                     updates: std::mem::take(&mut plan.updates),
                 }),
+                own,
             };
             let len = msg.encoded_len();
             if g.tx.try_send(Ok(msg)).is_ok() {
@@ -222,6 +224,22 @@ pub fn step(shared: &Shared, core: &mut Core, now: Instant) -> Vec<EntityId> {
     wanted.append(&mut core.stream_in_wanted);
     wanted.retain(|id| core.streaming_in.insert(*id));
     wanted
+}
+
+/// The player's own ship in its batch, if the batch has an update of it: the
+/// gateway follows the ship from this without decoding the batch it forwards.
+fn own_ship(updates: &[pb::EntityUpdate], ship: EntityId) -> Option<pb::OwnShip> {
+    use pb::entity_update::Change;
+    updates.iter().find_map(|u| match u.change.as_ref()? {
+        Change::Enter(s) if s.id == ship => {
+            Some(pb::OwnShip { present: true, position: s.position })
+        }
+        Change::Delta(d) if d.id == ship => {
+            Some(pb::OwnShip { present: true, position: d.position })
+        }
+        Change::Leave(id) if *id == ship => Some(pb::OwnShip { present: false, position: None }),
+        _ => None,
+    })
 }
 
 /// Orders one link's waiting players for this tick: longest-waiting first,
@@ -514,5 +532,23 @@ mod tests {
         fair_turns(&mut t);
         let order: Vec<u64> = t.iter().map(|(_, p, _)| *p).collect();
         assert_eq!(order, vec![2, 9, 1, 5]);
+    }
+
+    #[test]
+    fn the_own_ship_is_found_in_a_batch_whatever_its_change() {
+        use crate::wire::pb::{self, entity_update::Change};
+        let at = Some(pb::Vec3 { x: 1.0, y: 0.0, z: 0.0 });
+        let u = |c| pb::EntityUpdate { change: Some(c) };
+        let other = u(Change::Leave(1));
+        let enter = u(Change::Enter(pb::EntityState { id: 7, position: at, ..Default::default() }));
+        let delta = u(Change::Delta(pb::EntityDelta { id: 7, position: at, ..Default::default() }));
+        let present = Some(pb::OwnShip { present: true, position: at });
+        assert_eq!(own_ship(&[other.clone(), enter], 7), present);
+        assert_eq!(own_ship(&[delta, other.clone()], 7), present);
+        assert_eq!(
+            own_ship(&[other.clone(), u(Change::Leave(7))], 7),
+            Some(pb::OwnShip { present: false, position: None })
+        );
+        assert_eq!(own_ship(&[other], 7), None, "no update of the ship: nothing to tell");
     }
 }
