@@ -136,9 +136,24 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         // The replicant's answers, as a game server and a gateway decode them.
+        // A gateway merges batches it forwards as bytes: hostile bytes are refused with
+        // a typed error and never lose the batch already pending.
         _ => {
             let _ = pb::ReplicantMessage::decode(body);
             let _ = pb::GatewayUpdate::decode(body);
+            if let Ok(u) = gateway::forward::GatewayUpdateIn::decode(body) {
+                let leave = pb::entity_update::Change::Leave(1);
+                let good =
+                    pb::UpdateBatch { tick: 1, updates: vec![pb::EntityUpdate { change: Some(leave) }] };
+                let mut c = gateway::bubble::Coalescer::default();
+                c.push(good).expect("a one-update batch merges");
+                let typed = pb::UpdateBatch::decode(u.batch.clone());
+                match c.push_encoded(u.batch) {
+                    Ok(()) => assert!(typed.is_ok(), "merged bytes that are not a batch"),
+                    Err(gateway::bubble::PushError::Undecodable(_)) => assert!(typed.is_err()),
+                    Err(gateway::bubble::PushError::Overflow) => {}
+                }
+            }
         }
     }
 });
