@@ -203,7 +203,7 @@ pub struct Slot {
     pub player: PlayerId,
     pub entity: EntityId,
     spawn: pb::Spawn,
-    bubble: Mutex<Coalescer>,
+    outbox: Mutex<Outbox>,
     /// Bumped whenever the bubble has something new; the writer waits on it.
     wake: watch::Sender<u64>,
     overflowed: AtomicBool,
@@ -223,9 +223,24 @@ pub struct Slot {
     announced: AtomicU64,
 }
 
+type PlayerTx = mpsc::Sender<Result<forward::PlayerUpdateOut, Status>>;
+
+/// A player's outbound side, under one lock so that its batches keep their order.
+#[derive(Default)]
+struct Outbox {
+    pending: Coalescer,
+    /// The current Play stream. A batch that finds nothing pending and the writer
+    /// idle goes straight into it: most batches then never wake the player's
+    /// writer task (one task hop fewer per player per tick).
+    stream: Option<PlayerTx>,
+    /// The writer task has taken from `pending` and not yet handed it over: a
+    /// batch arriving now must wait behind it.
+    writer_sending: bool,
+}
+
 impl Slot {
-    fn bubble(&self) -> MutexGuard<'_, Coalescer> {
-        self.bubble.lock().unwrap_or_else(|p| p.into_inner())
+    fn outbox(&self) -> MutexGuard<'_, Outbox> {
+        self.outbox.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A batch for this player, as the replicant encoded it. `own` is the
@@ -248,11 +263,26 @@ impl Slot {
                 self.gone.store(true, Ordering::Relaxed);
             }
         }
-        let mut b = self.bubble();
-        let before = b.merged;
-        let pushed = b.push_encoded(batch);
-        m.batches_coalesced.inc_by(b.merged - before);
-        drop(b);
+        let mut o = self.outbox();
+        if o.pending.is_empty()
+            && !o.writer_sending
+            && let Some(tx) = &o.stream
+        {
+            match tx.try_send(Ok(forward::PlayerUpdateOut::Bubble(batch.clone()))) {
+                Ok(()) => {
+                    m.batches_sent.inc();
+                    m.bubble_wait.observe(0.0);
+                    return Ok(());
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => m.player_stream_full.inc(),
+                // The stream ended; the next one replaces it.
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+        let before = o.pending.merged;
+        let pushed = o.pending.push_encoded(batch);
+        m.batches_coalesced.inc_by(o.pending.merged - before);
+        drop(o);
         match pushed {
             Err(bubble::PushError::Overflow) => {
                 m.bubbles_overflowed.inc();
@@ -470,7 +500,7 @@ impl Hub {
                     player,
                     entity: placement::ship_of(player),
                     spawn: self.world.spawn_for(player),
-                    bubble: Mutex::new(Coalescer::default()),
+                    outbox: Mutex::new(Outbox::default()),
                     wake: watch::Sender::new(0),
                     overflowed: AtomicBool::new(false),
                     seen: AtomicBool::new(false),
@@ -859,7 +889,15 @@ impl forward::player_link::player_link_server::PlayerLink for Svc {
         let (slot, generation) = hub.open_stream(player)?;
         // A fresh stream starts from a fresh view: drop what the last one had
         // pending, and re-attach so the replicant sends the full bubble.
-        slot.bubble().take();
+        let (tx, rx) = mpsc::channel(PLAYER_QUEUE);
+        {
+            let mut o = slot.outbox();
+            o.pending.take();
+            o.stream = Some(tx.clone());
+            o.writer_sending = false;
+        }
+        // A superseded stream's writer sees the new generation and stops.
+        slot.wake.send_modify(|n| *n = n.wrapping_add(1));
         slot.overflowed.store(false, Ordering::Relaxed);
         if !slot.active.swap(true, Ordering::Relaxed) {
             hub.metrics.players.inc();
@@ -869,7 +907,6 @@ impl forward::player_link::player_link_server::PlayerLink for Svc {
             hub.request_spawn(&slot);
         }
 
-        let (tx, rx) = mpsc::channel(PLAYER_QUEUE);
         let expires = expires_unix.map(|exp| {
             let left = exp.saturating_sub(auth::now_unix());
             tokio::time::Instant::now() + Duration::from_secs(left)
@@ -937,9 +974,11 @@ async fn write_player(
             }
         }
         let (batch, since) = {
-            let mut b = slot.bubble();
-            let since = b.pending_since();
-            (b.take(), since)
+            let mut o = slot.outbox();
+            let since = o.pending.pending_since();
+            let batch = o.pending.take();
+            o.writer_sending = batch.is_some();
+            (batch, since)
         };
         if let Some(b) = batch {
             let m = match b {
@@ -954,6 +993,7 @@ async fn write_player(
             if tx.send(Ok(m)).await.is_err() {
                 return;
             }
+            slot.outbox().writer_sending = false;
             hub.metrics.batches_sent.inc();
             if let Some(t) = since {
                 hub.metrics.bubble_wait.observe(t.elapsed().as_secs_f64());
@@ -1000,7 +1040,10 @@ async fn read_player(
         }
         if !bucket.allow(hub.now()) {
             hub.metrics.inputs_rate_limited.inc();
-            slot.inputs_dropped.fetch_add(1, Ordering::Relaxed);
+            // The writer reports the count; wake it for the first one it has not seen.
+            if slot.inputs_dropped.fetch_add(1, Ordering::Relaxed) == 0 {
+                slot.wake.send_modify(|n| *n = n.wrapping_add(1));
+            }
             continue;
         }
         let seq = cmd.seq;
@@ -1026,7 +1069,12 @@ async fn read_player(
         let _ = tx.send(Err(s)).await;
     }
     // Only the newest stream detaches: a reconnect must not detach its successor.
-    if hub.close_stream(&slot, generation) && slot.active.swap(false, Ordering::Relaxed) {
+    let newest = hub.close_stream(&slot, generation);
+    if newest {
+        // The stream's own writer still holds its sender until it stops.
+        slot.outbox().stream = None;
+    }
+    if newest && slot.active.swap(false, Ordering::Relaxed) {
         hub.metrics.players.dec();
         hub.send(
             slot.player,
