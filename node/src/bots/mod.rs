@@ -5,6 +5,7 @@
 //! (non-zero exit) when an invariant is violated: a player that could not
 //! connect, a ship lost, an entity duplicated.
 
+pub mod lean;
 pub mod observer;
 
 use std::collections::HashMap;
@@ -463,6 +464,8 @@ async fn bot(i: usize, ch: tonic::transport::Channel, ctx: Ctx<'_>, mut stop: St
     let Ctx { cfg, start, deadline, .. } = ctx;
     let mut res = BotResult::default();
     let name = format!("{}-{i}", cfg.prefix);
+    // The channel `client` is on: the Play stream is opened on it with the lean decoder.
+    let mut chan = ch.clone();
     let mut client = pb::player_link_client::PlayerLinkClient::new(ch)
         .max_decoding_message_size(4 * 1024 * 1024);
     let now = || start.elapsed().as_secs_f64();
@@ -490,7 +493,9 @@ async fn bot(i: usize, ch: tonic::transport::Channel, ctx: Ctx<'_>, mut stop: St
                 }
                 None => String::new(),
             };
-            match join_following_redirects(&mut client, &name, &token, &ctx, i, &mut res).await {
+            match join_following_redirects(&mut client, &mut chan, &name, &token, &ctx, i, &mut res)
+                .await
+            {
                 Ok(r) => break r,
                 Err(e) => {
                     if Instant::now() > end(&res.obs) {
@@ -532,8 +537,8 @@ async fn bot(i: usize, ch: tonic::transport::Channel, ctx: Ctx<'_>, mut stop: St
             let (tx, rx) = mpsc::channel(16);
             let hello = player_message::Msg::Hello(pb::PlayHello { token: join.token.clone() });
             let _ = tx.try_send(pb::PlayerMessage { msg: Some(hello) });
-            let mut stream = match client.play(ReceiverStream::new(rx)).await {
-                Ok(s) => s.into_inner(),
+            let mut stream = match lean::play(chan.clone(), ReceiverStream::new(rx)).await {
+                Ok(s) => s,
                 Err(e) => {
                     tracing::debug!(bot = %name, error = %e, "play failed");
                     continue;
@@ -548,10 +553,23 @@ async fn bot(i: usize, ch: tonic::transport::Channel, ctx: Ctx<'_>, mut stop: St
             let mut probe =
                 tokio::time::interval_at(tokio::time::Instant::now() + phase, cfg.probe_interval);
             probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // One timer and one stop watcher per session, not one per message: a new
+            // `sleep_until` is a timer-wheel registration (and removal) every time.
+            let mut until = end(&res.obs);
+            let ended = tokio::time::sleep_until(until.into());
+            tokio::pin!(ended);
+            let stopped = stop.stopped();
+            tokio::pin!(stopped);
             loop {
+                // The end moves when the ship goes between systems (or arrives).
+                let e = end(&res.obs);
+                if e != until {
+                    until = e;
+                    ended.as_mut().reset(e.into());
+                }
                 tokio::select! {
-                    _ = tokio::time::sleep_until(end(&res.obs).into()) => break 'session,
-                    _ = stop.stopped() => break 'session,
+                    _ = &mut ended => break 'session,
+                    _ = &mut stopped => break 'session,
                     _ = probe.tick() => {
                         seq += 1;
                         // The route goes with every probe until the ship shows it: the
@@ -570,9 +588,9 @@ async fn bot(i: usize, ch: tonic::transport::Channel, ctx: Ctx<'_>, mut stop: St
                     }
                     m = stream.message() => match m {
                         Ok(Some(u)) => match u.msg {
-                            Some(player_update::Msg::Bubble(b)) => res.obs.batch(&b, now()),
-                            Some(player_update::Msg::InputsDropped(n)) => res.inputs_dropped += n,
-                            Some(player_update::Msg::Transferred(t)) => {
+                            Some(lean::Msg::Bubble(b)) => res.obs.batch(&b, now()),
+                            Some(lean::Msg::InputsDropped(n)) => res.inputs_dropped += n,
+                            Some(lean::Msg::Transferred(t)) => {
                                 res.obs.transferred(now());
                                 tracing::info!(bot = %name, system = %t.system, gateway = %t.gateway, "ship jumped; following it");
                                 match ctx.gateways.channel(&t.gateway, i, ctx.conns) {
@@ -584,6 +602,7 @@ async fn bot(i: usize, ch: tonic::transport::Channel, ctx: Ctx<'_>, mut stop: St
                                             join.token.clone(),
                                             join.entity_id,
                                         ));
+                                        chan = ch.clone();
                                         client = pb::player_link_client::PlayerLinkClient::new(ch)
                                             .max_decoding_message_size(4 * 1024 * 1024);
                                         continue 'system;
@@ -615,6 +634,7 @@ async fn bot(i: usize, ch: tonic::transport::Channel, ctx: Ctx<'_>, mut stop: St
 /// [`MAX_REDIRECTS`]); `client` ends up on the gateway that took the player.
 async fn join_following_redirects(
     client: &mut pb::player_link_client::PlayerLinkClient<tonic::transport::Channel>,
+    chan: &mut tonic::transport::Channel,
     name: &str,
     token: &str,
     ctx: &Ctx<'_>,
@@ -641,6 +661,7 @@ async fn join_following_redirects(
             tonic::Status::invalid_argument(format!("redirect {}: {e}", r.redirect))
         })?;
         tracing::debug!(bot = %name, shard = r.redirect_shard, gateway = %r.redirect, "join redirected");
+        *chan = ch.clone();
         *client = pb::player_link_client::PlayerLinkClient::new(ch)
             .max_decoding_message_size(4 * 1024 * 1024);
         res.redirects += 1;

@@ -14,19 +14,60 @@
 //!   in the old system to the first in the new one is the transfer's gap
 //!   (the ship is in neither bubble meanwhile).
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use prost::Message;
 
+use super::lean::{self, Change};
 use crate::model::EntityId;
-use crate::wire::pb::{self, entity_update::Change};
+use crate::wire::pb;
+
+/// An FxHash-style hasher for entity ids. The ids come from our own replicant, not
+/// from an adversary, and SipHash per received update was the bots' largest cost.
+#[derive(Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+pub type IdBuild = BuildHasherDefault<IdHasher>;
+
+/// What the observer remembers of an entity in its bubble.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    /// The last version seen.
+    version: u64,
+    /// The batch (`Observer::batches`) it was last seen in: a second sight in the same
+    /// batch is a duplicate, found by the same lookup that updates the version.
+    batch: u64,
+}
 
 #[derive(Debug, Default)]
 pub struct Observer {
     own: EntityId,
-    /// entity -> last version seen.
-    known: HashMap<EntityId, u64>,
-    own_territory: Option<String>,
+    known: HashMap<EntityId, Seen, IdBuild>,
+    /// Batches received (numbers them for `Seen::batch`).
+    batches: u64,
+    /// Entities that left in the current batch (no longer in `known`, but a second
+    /// update of them in the batch is still a duplicate).
+    left_in_batch: HashSet<EntityId, IdBuild>,
+    /// Copied out of the receive buffer (which a slice would keep alive) when it changes.
+    own_territory: Option<Vec<u8>>,
     own_seen: bool,
     /// (tick, version) of the last own-ship territory change, until the next write shows.
     pending_handoff: Option<(u64, u64)>,
@@ -79,38 +120,26 @@ impl Observer {
         self.pending_handoff = None;
     }
 
-    pub fn batch(&mut self, b: &pb::UpdateBatch, now: f64) {
-        let mut in_batch: HashSet<EntityId> = HashSet::with_capacity(b.updates.len());
+    pub fn batch(&mut self, b: &lean::UpdateBatch, now: f64) {
+        self.batches += 1;
+        if !self.left_in_batch.is_empty() {
+            self.left_in_batch.clear();
+        }
         for u in &b.updates {
             let Some(c) = &u.change else { continue };
             self.updates += 1;
-            let id = match c {
-                Change::Enter(s) => s.id,
-                Change::Delta(d) => d.id,
-                Change::Leave(id) => *id,
-            };
-            if !in_batch.insert(id) {
-                self.duplicated += 1;
-            }
             match c {
                 Change::Enter(s) => {
                     // An enter for a known entity is a refresh (the gateway
                     // re-attached after a replicant reconnect); only an older
                     // version than already seen means two version lines.
-                    if let Some(v) = self.known.insert(s.id, s.version)
-                        && s.version < v
-                    {
-                        self.duplicated += 1;
-                    }
+                    self.saw(s.id, s.version);
                     if s.id == self.own {
                         self.own_update(b.tick, s.version, &s.territory, Some(&s.components), now);
                     }
                 }
                 Change::Delta(d) => {
-                    match self.known.insert(d.id, d.version) {
-                        Some(v) if d.version < v => self.duplicated += 1,
-                        _ => {}
-                    }
+                    self.saw(d.id, d.version);
                     if d.id == self.own {
                         self.own_update(
                             b.tick,
@@ -122,7 +151,11 @@ impl Observer {
                     }
                 }
                 Change::Leave(id) => {
-                    self.known.remove(id);
+                    let here = self.known.remove(id).is_some_and(|s| s.batch == self.batches);
+                    let first_leave = self.left_in_batch.insert(*id);
+                    if here || !first_leave {
+                        self.duplicated += 1;
+                    }
                     if *id == self.own && self.own_seen {
                         self.lost += 1;
                         self.left_counted = true;
@@ -134,11 +167,38 @@ impl Observer {
         }
     }
 
+    /// An enter or delta of `id` at `version` in the current batch: a duplicate when
+    /// the entity was already in this batch, a second version line when the version
+    /// went backwards (both can hold). One map lookup per update.
+    fn saw(&mut self, id: EntityId, version: u64) {
+        let batch = self.batches;
+        match self.known.entry(id) {
+            Entry::Occupied(e) => {
+                let s = e.into_mut();
+                // Occupied from an earlier batch: it cannot have left in this one
+                // (a leave removes it), so `left_in_batch` need not be asked.
+                if s.batch == batch {
+                    self.duplicated += 1;
+                }
+                if version < s.version {
+                    self.duplicated += 1;
+                }
+                *s = Seen { version, batch };
+            }
+            Entry::Vacant(e) => {
+                if self.left_in_batch.contains(&id) {
+                    self.duplicated += 1;
+                }
+                e.insert(Seen { version, batch });
+            }
+        }
+    }
+
     fn own_update(
         &mut self,
         tick: u64,
         version: u64,
-        territory: &str,
+        territory: &[u8],
         comps: Option<&bytes::Bytes>,
         now: f64,
     ) {
@@ -158,13 +218,15 @@ impl Observer {
             self.pending_handoff = None;
         }
         match &self.own_territory {
-            Some(t) if t != territory => {
+            Some(t) if t.as_slice() == territory => {}
+            Some(_) => {
                 self.handoffs += 1;
                 self.pending_handoff = Some((tick, version));
+                self.own_territory = Some(territory.to_vec());
             }
-            _ => {}
+            // Allocated only when it changes, not with every update of the own ship.
+            None => self.own_territory = Some(territory.to_vec()),
         }
-        self.own_territory = Some(territory.to_string());
         if let Some(c) = comps
             && let Ok(s) = pb::ShipState::decode(c.as_ref())
         {
@@ -236,6 +298,7 @@ pub fn quantile<T: Copy + PartialOrd + Default>(v: &mut [T], q: f64) -> T {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::pb::entity_update::Change as PbChange;
 
     fn st(id: u64, v: u64, t: &str, seq: u64) -> pb::EntityState {
         let comps = pb::ShipState { last_input_seq: seq, ..Default::default() }.encode_to_vec();
@@ -248,11 +311,11 @@ mod tests {
         }
     }
     fn enter(s: pb::EntityState) -> pb::EntityUpdate {
-        pb::EntityUpdate { change: Some(Change::Enter(s)) }
+        pb::EntityUpdate { change: Some(PbChange::Enter(s)) }
     }
     fn delta(id: u64, v: u64, t: &str, seq: Option<u64>) -> pb::EntityUpdate {
         pb::EntityUpdate {
-            change: Some(Change::Delta(pb::EntityDelta {
+            change: Some(PbChange::Delta(pb::EntityDelta {
                 id,
                 version: v,
                 territory: t.into(),
@@ -263,8 +326,10 @@ mod tests {
             })),
         }
     }
-    fn b(tick: u64, u: Vec<pb::EntityUpdate>) -> pb::UpdateBatch {
-        pb::UpdateBatch { tick, updates: u }
+    /// The batch as the bots read it: written as the full message, read as the lean one.
+    fn b(tick: u64, u: Vec<pb::EntityUpdate>) -> lean::UpdateBatch {
+        let bytes = pb::UpdateBatch { tick, updates: u }.encode_to_vec();
+        lean::UpdateBatch::decode(bytes.as_slice()).expect("the lean batch reads the full one")
     }
 
     #[test]
@@ -294,7 +359,7 @@ mod tests {
         assert_eq!(o.duplicated, 2, "a refresh with a newer version is fine");
         o.batch(&b(4, vec![enter(st(2, 4, "a", 0))]), 0.0);
         assert_eq!(o.duplicated, 3, "an older enter is a second version line");
-        o.batch(&b(5, vec![pb::EntityUpdate { change: Some(Change::Leave(1)) }]), 0.0);
+        o.batch(&b(5, vec![pb::EntityUpdate { change: Some(PbChange::Leave(1)) }]), 0.0);
         assert_eq!(o.lost, 1);
         o.finish();
         assert_eq!(o.lost, 2, "still missing at the end");
@@ -307,7 +372,7 @@ mod tests {
     fn a_gate_transfer_is_not_a_loss_and_its_gap_is_measured() {
         let mut o = Observer::new(1);
         o.batch(&b(1, vec![enter(st(1, 1, "a", 0))]), 1.0);
-        o.batch(&b(2, vec![pb::EntityUpdate { change: Some(Change::Leave(1)) }]), 1.5);
+        o.batch(&b(2, vec![pb::EntityUpdate { change: Some(PbChange::Leave(1)) }]), 1.5);
         assert_eq!(o.lost, 1, "until the gateway explains it");
         assert!(o.between_systems());
         o.transferred(2.0);
@@ -323,6 +388,94 @@ mod tests {
         assert_eq!(o.max_stall_s, 0.0, "nor a stall");
         o.finish();
         assert_eq!((o.lost, o.duplicated), (0, 0));
+    }
+
+    /// The duplicate count as it was computed before `Seen::batch` (a set of the ids in
+    /// each batch, a map of versions): the restructured observer must agree with it.
+    fn reference_duplicates(batches: &[lean::UpdateBatch]) -> u64 {
+        let mut known: HashMap<EntityId, u64> = HashMap::new();
+        let mut dup = 0;
+        for b in batches {
+            let mut in_batch = HashSet::new();
+            for u in &b.updates {
+                let Some(c) = &u.change else { continue };
+                let id = match c {
+                    Change::Enter(s) => s.id,
+                    Change::Delta(d) => d.id,
+                    Change::Leave(id) => *id,
+                };
+                dup += u64::from(!in_batch.insert(id));
+                match c {
+                    Change::Enter(s) => {
+                        dup +=
+                            u64::from(known.insert(s.id, s.version).is_some_and(|v| s.version < v))
+                    }
+                    Change::Delta(d) => {
+                        dup +=
+                            u64::from(known.insert(d.id, d.version).is_some_and(|v| d.version < v))
+                    }
+                    Change::Leave(id) => {
+                        known.remove(id);
+                    }
+                }
+            }
+        }
+        dup
+    }
+
+    #[test]
+    fn duplicates_agree_with_the_set_per_batch_reference() {
+        // Random batches over a few ids, so that repeats, leaves and re-enters within
+        // one batch, and versions going backwards, all happen often.
+        let mut x = 7u64;
+        let mut rnd = |m: u64| {
+            x = crate::bots::splitmix(x);
+            x % m
+        };
+        let batches: Vec<lean::UpdateBatch> = (0..2000)
+            .map(|t| {
+                let n = rnd(6) as usize;
+                let u = (0..n)
+                    .map(|_| {
+                        let (id, v) = (rnd(5) + 2, rnd(4) + t / 3);
+                        match rnd(3) {
+                            0 => enter(st(id, v, "a", 0)),
+                            1 => delta(id, v, "a", None),
+                            _ => pb::EntityUpdate { change: Some(PbChange::Leave(id)) },
+                        }
+                    })
+                    .collect();
+                b(t, u)
+            })
+            .collect();
+        let mut o = Observer::new(1);
+        for bt in &batches {
+            o.batch(bt, 0.0);
+        }
+        let want = reference_duplicates(&batches);
+        assert!(want > 100, "the stream exercises duplicates: {want}");
+        assert_eq!(o.duplicated, want);
+        // Leave, then enter again, in one batch; and a leave twice.
+        let mut o = Observer::new(1);
+        let leave = |id| pb::EntityUpdate { change: Some(PbChange::Leave(id)) };
+        o.batch(&b(1, vec![enter(st(2, 1, "a", 0))]), 0.0);
+        o.batch(&b(2, vec![leave(2), enter(st(2, 2, "a", 0))]), 0.0);
+        assert_eq!(o.duplicated, 1);
+        o.batch(&b(3, vec![leave(2), leave(2)]), 0.0);
+        assert_eq!(o.duplicated, 2);
+        o.batch(&b(4, vec![enter(st(2, 3, "a", 0))]), 0.0);
+        assert_eq!(o.duplicated, 2, "a new batch forgets the leaves of the last");
+    }
+
+    #[test]
+    fn the_id_hasher_spreads_sequential_ids() {
+        use std::hash::BuildHasher;
+        // hashbrown picks buckets from the low bits and tags from the top 7.
+        let h: Vec<u64> = (1..=1024u64).map(|i| IdBuild::default().hash_one(i)).collect();
+        let low: HashSet<u64> = h.iter().map(|v| v & 1023).collect();
+        let top: HashSet<u64> = h.iter().map(|v| v >> 57).collect();
+        assert!(low.len() > 600, "low bits: {}", low.len());
+        assert_eq!(top.len(), 128, "every tag used");
     }
 
     #[test]
