@@ -50,7 +50,7 @@ pub fn mode() -> Option<(Mode, u64)> {
 
 /// Runs this binary under callgrind in `mode` and returns the instructions
 /// counted inside `callgrind_region`, per iteration.
-fn count(mode: &str, iters: u64) -> f64 {
+fn count(mode: &str, iters: u64, extra: &[&str]) -> f64 {
     let exe = std::env::current_exe().expect("own path");
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("callgrind.out");
@@ -59,7 +59,8 @@ fn count(mode: &str, iters: u64) -> f64 {
         .arg("--toggle-collect=*callgrind_region*")
         .arg(format!("--callgrind-out-file={}", out.display()))
         .arg(&exe)
-        .args(["--measure", mode, &iters.to_string()]);
+        .args(["--measure", mode, &iters.to_string()])
+        .args(extra);
     if crate::report::short() {
         cmd.arg("--short");
     }
@@ -89,11 +90,18 @@ fn totals(path: &Path) -> u64 {
 
 /// Drives callgrind over this binary and prints the figure.
 pub fn drive(figure: &str, baseline_what: &str, iters: u64) {
+    drive_with(figure, baseline_what, iters, &[]);
+}
+
+/// [`drive`], passing `extra` arguments to both measuring runs (a binary with
+/// more than one figure tells them apart by these). Returns (subject, baseline).
+pub fn drive_with(figure: &str, baseline_what: &str, iters: u64, extra: &[&str]) -> (f64, f64) {
     let t = Instant::now();
-    let subject = count("subject", iters);
-    let baseline = count("baseline", iters);
+    let subject = count("subject", iters, extra);
+    let baseline = count("baseline", iters, extra);
     crate::report::against(figure, subject, "instructions", baseline, baseline_what);
     eprintln!("{figure}: callgrind took {:.1} s", t.elapsed().as_secs_f64());
+    (subject, baseline)
 }
 
 /// The replicant's shared state around a world built from the test fixture,
