@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use prost::Message;
-use starmesh_node::model::{EntityWrite, Interest, Vec3};
+use starmesh_node::model::{Interest, Vec3};
 use starmesh_node::replicant::interest::{BubbleCap, Subscription};
 use starmesh_node::replicant::{Core, GatewayConn, Player, tick};
 use starmesh_node::wire::pb;
@@ -159,24 +159,7 @@ fn ship_position(i: u64, round: u64) -> Vec3 {
 /// Moves every ship (entities `1..=players`) through `s1`.
 fn move_ships(core: &mut Core, players: u64, round: u64) {
     for i in 0..players {
-        let id = i + 1;
-        let p = ship_position(i, round);
-        let territory = match core.world.entity(id) {
-            Some(e) => e.territory.clone(),
-            None => core.world.map.locate(p),
-        };
-        let epoch = core.world.authority.grant(&territory).expect("a territory").epoch;
-        let w = EntityWrite {
-            seq: round,
-            epoch,
-            id,
-            kind: 1,
-            position: p,
-            velocity: Vec3::new(1.0, 0.0, 0.0),
-            location: "".into(),
-            components: bytes::Bytes::from(vec![7u8; 64]),
-        };
-        core.world.apply_write("s1", &w);
+        hot::write_one(&mut core.world, i + 1, ship_position(i, round), round);
     }
 }
 

@@ -145,23 +145,26 @@ pub fn position(i: u64, n: u64, side: f64, round: u64) -> Vec3 {
 /// Writes entities `1..=n` through `s1` (all of them changed this tick).
 pub fn write_all(world: &mut World, n: u64, side: f64, round: u64) {
     for i in 0..n {
-        let p = position(i, n, side, round);
-        let id = i + 1;
-        let territory = match world.entity(id) {
-            Some(e) => e.territory.clone(),
-            None => world.map.locate(p),
-        };
-        let epoch = world.authority.grant(&territory).expect("a territory").epoch;
-        let w = EntityWrite {
-            seq: round,
-            epoch,
-            id,
-            kind: 1,
-            position: p,
-            velocity: Vec3::new(1.0, 0.0, 0.0),
-            location: "".into(),
-            components: bytes::Bytes::from(vec![7u8; 64]),
-        };
-        world.apply_write("s1", &w);
+        write_one(world, i + 1, position(i, n, side, round), round);
     }
+}
+
+/// Writes entity `id` at `p` through `s1`, under its territory's current epoch.
+pub fn write_one(world: &mut World, id: u64, p: Vec3, round: u64) {
+    let territory = match world.entity(id) {
+        Some(e) => e.territory.clone(),
+        None => world.map.locate(p),
+    };
+    let epoch = world.authority.grant(&territory).expect("a territory").epoch;
+    let w = EntityWrite {
+        seq: round,
+        epoch,
+        id,
+        kind: 1,
+        position: p,
+        velocity: Vec3::new(1.0, 0.0, 0.0),
+        location: "".into(),
+        components: bytes::Bytes::from(vec![7u8; 64]),
+    };
+    world.apply_write("s1", &w);
 }
