@@ -67,6 +67,22 @@ pub struct ShardLoad {
     pub players: Option<u64>,
 }
 
+impl ShardLoad {
+    /// A shard on loopback for unit tests: gateway `127.0.0.1:7000+index`,
+    /// replicant `127.0.0.2:` the same port.
+    #[cfg(test)]
+    pub(crate) fn fixture(index: i32, players: Option<u64>, draining: bool) -> Self {
+        let port = 7000 + u16::try_from(index).unwrap_or(0);
+        Self {
+            index,
+            gateway: SocketAddr::from(([127, 0, 0, 1], port)),
+            replicant: SocketAddr::from(([127, 0, 0, 2], port)),
+            draining,
+            players,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct GatePeerEntry {

@@ -188,14 +188,7 @@ mod tests {
     use super::*;
 
     fn shard(index: i32, players: Option<u64>, draining: bool) -> ShardLoad {
-        let port = 7000 + u16::try_from(index).unwrap_or(0);
-        ShardLoad {
-            index,
-            gateway: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-            replicant: std::net::SocketAddr::from(([127, 0, 0, 2], port)),
-            draining,
-            players,
-        }
+        ShardLoad::fixture(index, players, draining)
     }
 
     #[test]
