@@ -27,48 +27,41 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// types swapped; the paths and codec are the same, so peers see no difference.
 fn gateway_forwarding_stubs() {
     use tonic_build::manual::{Builder, Method, Service};
-    let codec = "tonic_prost::ProstCodec";
     let fwd = "crate::gateway::forward";
     let pb = "crate::wire::pb";
-    let player_link = Service::builder()
-        .name("PlayerLink")
-        .package("starmesh.v1")
-        .method(
-            Method::builder()
-                .name("join")
-                .route_name("Join")
-                .input_type(format!("{pb}::JoinRequest"))
-                .output_type(format!("{pb}::JoinResponse"))
-                .codec_path(codec)
-                .build(),
-        )
-        .method(
-            Method::builder()
-                .name("play")
-                .route_name("Play")
-                .input_type(format!("{pb}::PlayerMessage"))
-                .output_type(format!("{fwd}::PlayerUpdateOut"))
-                .codec_path(codec)
-                .client_streaming()
-                .server_streaming()
-                .build(),
-        )
-        .build();
+    // A method of package starmesh.v1 with prost's codec; `bidi`: streams both ways.
+    let method = |name: &str, input: String, output: String, bidi: bool| {
+        let route = format!("{}{}", name[..1].to_uppercase(), &name[1..]);
+        let m = Method::builder()
+            .name(name)
+            .route_name(route)
+            .input_type(input)
+            .output_type(output)
+            .codec_path("tonic_prost::ProstCodec");
+        if bidi { m.client_streaming().server_streaming().build() } else { m.build() }
+    };
+    let service = |name: &str, methods: Vec<Method>| {
+        methods
+            .into_iter()
+            .fold(Service::builder().name(name).package("starmesh.v1"), |s, m| s.method(m))
+            .build()
+    };
+    let player_link = service(
+        "PlayerLink",
+        vec![
+            method("join", format!("{pb}::JoinRequest"), format!("{pb}::JoinResponse"), false),
+            method("play", format!("{pb}::PlayerMessage"), format!("{fwd}::PlayerUpdateOut"), true),
+        ],
+    );
     Builder::new().build_client(false).build_transport(false).compile(&[player_link]);
-    let gateway_link = Service::builder()
-        .name("GatewayLink")
-        .package("starmesh.v1")
-        .method(
-            Method::builder()
-                .name("session")
-                .route_name("Session")
-                .input_type(format!("{pb}::GatewayMessage"))
-                .output_type(format!("{fwd}::GatewayUpdateIn"))
-                .codec_path(codec)
-                .client_streaming()
-                .server_streaming()
-                .build(),
-        )
-        .build();
+    let gateway_link = service(
+        "GatewayLink",
+        vec![method(
+            "session",
+            format!("{pb}::GatewayMessage"),
+            format!("{fwd}::GatewayUpdateIn"),
+            true,
+        )],
+    );
     Builder::new().build_server(false).compile(&[gateway_link]);
 }

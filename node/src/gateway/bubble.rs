@@ -35,9 +35,6 @@ pub struct Coalescer {
     pub merged: u64,
 }
 
-#[derive(Debug, PartialEq, Eq)]
-pub struct Overflow;
-
 #[derive(Debug, thiserror::Error)]
 pub enum PushError {
     #[error("the player's pending bubble exceeded its bound")]
@@ -45,12 +42,6 @@ pub enum PushError {
     /// The replicant sent bytes that are not an `UpdateBatch`.
     #[error("undecodable bubble batch: {0}")]
     Undecodable(#[from] prost::DecodeError),
-}
-
-impl From<Overflow> for PushError {
-    fn from(_: Overflow) -> Self {
-        Self::Overflow
-    }
 }
 
 /// What the player's stream gets next.
@@ -127,7 +118,7 @@ impl Coalescer {
         Ok(())
     }
 
-    fn merge_batch(&mut self, batch: pb::UpdateBatch) -> Result<(), Overflow> {
+    fn merge_batch(&mut self, batch: pb::UpdateBatch) -> Result<(), PushError> {
         self.tick = self.tick.max(batch.tick);
         for u in batch.updates {
             let Some(c) = u.change else { continue };
@@ -140,7 +131,7 @@ impl Coalescer {
         }
         if self.pending.len() > MAX_PENDING {
             self.pending.clear();
-            return Err(Overflow);
+            return Err(PushError::Overflow);
         }
         Ok(())
     }

@@ -243,6 +243,11 @@ impl Slot {
         self.outbox.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Tells the player's writer task there is something to look at.
+    fn wake_writer(&self) {
+        self.wake.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
     /// A batch for this player, as the replicant encoded it. `own` is the
     /// player's ship in it, when the batch holds an update of the ship.
     fn deliver(
@@ -291,7 +296,7 @@ impl Slot {
             Err(e) => return Err(e),
             Ok(()) => {}
         }
-        self.wake.send_modify(|n| *n = n.wrapping_add(1));
+        self.wake_writer();
         Ok(())
     }
 }
@@ -587,7 +592,7 @@ impl Hub {
         tracing::info!(player = s.player, entity = s.entity, system = %msg.system, gateway = %msg.gateway, "ship left through a jump gate; player transferred");
         self.metrics.gate_transfers.inc();
         *s.transfer.lock().unwrap_or_else(|p| p.into_inner()) = Some(msg);
-        s.wake.send_modify(|n| *n = n.wrapping_add(1));
+        s.wake_writer();
     }
 
     /// True when this stream was already told where the ship went (marks it told).
@@ -625,7 +630,7 @@ impl Hub {
         tracing::info!(player = s.player, entity = s.entity, shard = to.index, gateway = %msg.gateway, "ship moved to another shard (this one drains); player transferred");
         self.metrics.shard_moves.inc();
         *s.transfer.lock().unwrap_or_else(|p| p.into_inner()) = Some(msg);
-        s.wake.send_modify(|n| *n = n.wrapping_add(1));
+        s.wake_writer();
     }
 }
 
@@ -897,7 +902,7 @@ impl forward::player_link::player_link_server::PlayerLink for Svc {
             o.writer_sending = false;
         }
         // A superseded stream's writer sees the new generation and stops.
-        slot.wake.send_modify(|n| *n = n.wrapping_add(1));
+        slot.wake_writer();
         slot.overflowed.store(false, Ordering::Relaxed);
         if !slot.active.swap(true, Ordering::Relaxed) {
             hub.metrics.players.inc();
@@ -1042,7 +1047,7 @@ async fn read_player(
             hub.metrics.inputs_rate_limited.inc();
             // The writer reports the count; wake it for the first one it has not seen.
             if slot.inputs_dropped.fetch_add(1, Ordering::Relaxed) == 0 {
-                slot.wake.send_modify(|n| *n = n.wrapping_add(1));
+                slot.wake_writer();
             }
             continue;
         }
